@@ -1,0 +1,57 @@
+"""Domain errors. Each subclasses the builtin a user would catch and says what was
+expected, what was found, where (node / stage / device / file), and what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DoraError",
+    "CaptureError",
+    "ClusterError",
+    "QoEError",
+    "InfeasibleQoEError",
+    "PlanError",
+    "PlanFolderError",
+    "PassError",
+    "VerificationError",
+    "InputError",
+]
+
+
+class DoraError(Exception):
+    """Base class of every error dora_fx raises on purpose."""
+
+
+class CaptureError(DoraError, RuntimeError):
+    """Neither torch.export nor symbolic_trace could capture the model."""
+
+
+class ClusterError(DoraError, ValueError):
+    """The devices or network given to compile() are unusable."""
+
+
+class QoEError(DoraError, ValueError):
+    """A QoE with negative, missing or contradictory numbers."""
+
+
+class InfeasibleQoEError(DoraError, ValueError):
+    """No plan can meet the QoE on this cluster."""
+
+
+class PlanError(DoraError, ValueError):
+    """A plan that does not fit the graph or the cluster."""
+
+
+class PlanFolderError(DoraError, OSError):
+    """A saved plan folder that is incomplete, tampered with or malformed."""
+
+
+class PassError(DoraError, RuntimeError):
+    """A compiler pass failed; the message names it and the passes that ran before."""
+
+
+class VerificationError(DoraError, AssertionError):
+    """The IR verifier (DORA_DEBUG=1) found a broken invariant."""
+
+
+class InputError(DoraError, TypeError):
+    """Inputs given at call time do not match those the model was compiled for."""

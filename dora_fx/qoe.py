@@ -1,0 +1,82 @@
+"""The user's quality-of-experience targets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from .errors import QoEError
+
+__all__ = ["QoE", "Objective"]
+
+Objective = Literal["latency", "throughput", "energy"]
+_OBJECTIVES = ("latency", "throughput", "energy")
+
+
+@dataclass(frozen=True)
+class QoE:
+    """What the user needs from a deployment.
+
+    ``latency_ms``: per-request latency SLO; ``throughput_rps``: floor on requests per second;
+    ``energy_j``: budget of energy per request across all devices; ``objective``: what to
+    optimize once the constraints hold. ``batch`` is the request batch size the user expects and
+    ``request_rate_rps`` the offered load (None: closed loop, one request at a time).
+    """
+
+    latency_ms: float | None = None
+    throughput_rps: float | None = None
+    energy_j: float | None = None
+    objective: Objective = "latency"
+    batch: int = 1
+    request_rate_rps: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("latency_ms", "throughput_rps", "energy_j", "request_rate_rps"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise QoEError(f"QoE.{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise QoEError(f"QoE.{name} must be positive and finite, got {value!r}")
+        if self.objective not in _OBJECTIVES:
+            raise QoEError(f"QoE.objective must be one of {_OBJECTIVES}, got {self.objective!r}")
+        if not isinstance(self.batch, int) or isinstance(self.batch, bool) or self.batch < 1:
+            raise QoEError(f"QoE.batch must be a positive int, got {self.batch!r}")
+        self._check_consistent()
+
+    def _check_consistent(self) -> None:
+        # A pipeline can overlap requests, but a closed loop of one request at a time cannot go
+        # faster than 1 / latency: asking for more throughput than that with no offered load
+        # to overlap is a contradiction.
+        if self.request_rate_rps is not None and self.throughput_rps is not None:
+            if self.throughput_rps > self.request_rate_rps:
+                raise QoEError(
+                    f"QoE asks for throughput_rps={self.throughput_rps} but offers only "
+                    f"request_rate_rps={self.request_rate_rps}: throughput cannot exceed the "
+                    "offered load; lower throughput_rps or raise request_rate_rps"
+                )
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.latency_ms is None else self.latency_ms / 1e3
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QoE:
+        return cls(**data)
+
+    def __str__(self) -> str:
+        parts = [f"objective={self.objective}", f"batch={self.batch}"]
+        if self.latency_ms is not None:
+            parts.append(f"latency<={self.latency_ms:g}ms")
+        if self.throughput_rps is not None:
+            parts.append(f"throughput>={self.throughput_rps:g}rps")
+        if self.energy_j is not None:
+            parts.append(f"energy<={self.energy_j:g}J")
+        if self.request_rate_rps is not None:
+            parts.append(f"load={self.request_rate_rps:g}rps")
+        return "QoE(" + ", ".join(parts) + ")"
