@@ -14,6 +14,7 @@ __all__ = [
     "PassError",
     "VerificationError",
     "InputError",
+    "ProfileError",
 ]
 
 
@@ -55,3 +56,8 @@ class VerificationError(DoraError, AssertionError):
 
 class InputError(DoraError, TypeError):
     """Inputs given at call time do not match those the model was compiled for."""
+
+
+class ProfileError(DoraError, ValueError):
+    """A device profile JSON (from calibration, or written by hand) that is missing fields or holds
+    values a device cannot have."""
