@@ -1,0 +1,104 @@
+"""The user-facing entry points: ``compile``, ``CompiledModel``, ``load``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cost_models.cluster import Cluster, as_cluster
+from .cost_models.device import Device
+from .errors import QoEError
+from .explain import explain_state
+from .pipeline import CompileState, run_passes
+from .qoe import QoE
+from .runtime.local import LocalPipeline
+from .serialize import LoadedModel, load, save_folder
+
+__all__ = ["compile", "CompiledModel", "load", "LoadedModel"]
+
+
+def compile(
+    model: torch.nn.Module,
+    devices: Cluster | Sequence[Device],
+    qoe: QoE | None = None,
+    *,
+    example_inputs: Sequence[Any],
+    example_kwargs: dict[str, Any] | None = None,
+    num_stages: int | None = None,
+    seq_dim: int | None = None,
+    max_blocks: int = 100,
+) -> CompiledModel:
+    """Partition ``model`` across ``devices`` to meet ``qoe``.
+
+    ``devices``: a Cluster (devices plus network) or a list of Device (a default network is then
+    assumed, and explain() says so). ``example_inputs``: a tuple of positional inputs (its batch
+    size should be >= 2 so the batch stays symbolic). ``num_stages``: pipeline stages (default:
+    one per device). ``seq_dim``: make this input dim symbolic too (e.g. 1 for token ids).
+    """
+    cluster, assumed_network = as_cluster(devices)
+    if qoe is None:
+        qoe = QoE()
+    elif not isinstance(qoe, QoE):
+        raise QoEError(f"qoe must be a dora_fx.QoE, got {type(qoe).__name__}")
+    state = CompileState(
+        model=model,
+        example_inputs=example_inputs,  # type: ignore[arg-type]  # checked by capture
+        example_kwargs=dict(example_kwargs or {}),
+        cluster=cluster,
+        qoe=qoe,
+        num_stages=num_stages,
+        seq_dim=seq_dim,
+        max_blocks=max_blocks,
+    )
+    run_passes(state)
+    notes = []
+    if assumed_network:
+        notes.append(
+            f"devices given as a list: assumed the default network ({cluster.network}); "
+            "pass a dora_fx.Cluster to describe the real one"
+        )
+        warnings.warn(notes[-1], stacklevel=2)
+    return CompiledModel(state, notes)
+
+
+class CompiledModel(LocalPipeline):
+    """The partitioned model. Call it like the original (in-process run of every stage)."""
+
+    def __init__(self, state: CompileState, notes: list[str]) -> None:
+        assert state.captured is not None and state.plan is not None
+        captured = state.captured
+        input_meta = [
+            (n.meta["val"].dim(), n.meta["val"].dtype)
+            if isinstance(n.meta.get("val"), torch.Tensor)
+            else None
+            for n in captured.gm.graph.nodes
+            if n.op == "placeholder"
+        ]
+        super().__init__(state.stages, captured.in_spec, captured.out_spec, input_meta)
+        self.state = state
+        self.plan = state.plan
+        self.cluster = state.cluster
+        self.qoe = state.qoe
+        self.notes = notes + captured.notes
+
+    def explain(self, batch: int | None = None) -> str:
+        return explain_state(self.state, self.notes, batch)
+
+    def save(self, path: str | Path) -> Path:
+        return save_folder(
+            path,
+            plan=self.plan,
+            stages=self.stages,
+            in_spec=self.in_spec,
+            out_spec=self.out_spec,
+            input_meta=self.input_meta,
+            extra={"cluster": self.cluster.to_json(), "qoe": self.qoe.to_json()},
+        )
+
+
+# re-exported so ``dora_fx.load`` sits beside ``dora_fx.compile``
+load = load

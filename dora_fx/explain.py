@@ -1,0 +1,70 @@
+"""``CompiledModel.explain()``: what was decided, in a table a person reads."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .passes.partition import BALANCED_FLOPS
+
+if TYPE_CHECKING:
+    from .pipeline import CompileState
+
+__all__ = ["explain_state", "format_table"]
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    rule = "  ".join("-" * w for w in widths)
+    body = ["  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    return "\n".join([line, rule, *body])
+
+
+def explain_state(state: CompileState, notes: list[str], batch: int | None = None) -> str:
+    assert state.plan is not None and state.chain is not None and state.captured is not None
+    batch = state.qoe.batch if batch is None else batch
+    blocks, input_bytes = state.chain.at(batch)
+    plan = state.plan
+    label = plan.name + (
+        " (spine partitioner: balanced by FLOPs; not network-, memory- or QoE-aware)"
+        if plan.name == BALANCED_FLOPS
+        else ""
+    )
+    lines = [
+        f"dora_fx plan {label}",
+        f"model captured by {state.captured.method}; {len(state.chain.nodes)} compute nodes in "
+        f"{len(blocks)} blocks; figures at batch={batch}",
+        f"cluster {state.cluster.name}: {', '.join(state.cluster.device_names)}",
+        f"{state.qoe}",
+        "",
+    ]
+    rows = []
+    for stage, module in zip(plan.stages, state.stages):
+        span = blocks[stage.block_start : stage.block_stop]
+        cut = blocks[stage.block_stop - 1].out_bytes if stage.index < len(plan.stages) - 1 else 0.0
+        weights = module.module.state_dict().values()
+        rows.append(
+            [
+                str(stage.index),
+                ",".join(stage.devices),
+                f"{stage.block_start}:{stage.block_stop}",
+                str(len(module.node_names)),
+                f"{sum(t.numel() for t in weights) / 1e6:.2f}M",
+                f"{sum(b.flops for b in span) / 1e9:.3f}",
+                _mb(cut),
+            ]
+        )
+    header = ["stage", "devices", "blocks", "nodes", "params", "GFLOP", "MB to next"]
+    lines.append(format_table(header, rows))
+    lines.append(f"input: {_mb(input_bytes)} MB per batch")
+    if state.missing_formulas:
+        lines.append(
+            "ops with no FLOP formula (counted as 0 FLOPs, bytes still counted): "
+            + ", ".join(state.missing_formulas)
+        )
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def _mb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e6:.3f}"

@@ -1,0 +1,3 @@
+from .local import LocalPipeline, StageModule
+
+__all__ = ["LocalPipeline", "StageModule"]
