@@ -1,39 +1,63 @@
-"""Built-in clusters. Spine placeholders with rough figures; the cost-model issue replaces them
-with sourced presets and shared-medium networks."""
+"""Built-in clusters: the deployments the Dora paper evaluates, from sourced presets
+(docs/devices.md). Each is a ``Cluster``: print it, ``save()``/``load()`` it as JSON, edit it with
+``with_device`` / ``without_device`` / ``with_network``.
+"""
 
 from __future__ import annotations
 
-from .cost_models.cluster import Cluster, Network
-from .cost_models.device import Device
+from collections.abc import Callable
+
+from .cost_models import presets
+from .cost_models.cluster import Cluster
+from .errors import ClusterError
 
 __all__ = ["smart_home", "traffic_analytics", "edge_cluster", "SCENARIOS"]
 
-_GIB = 2**30
 
+def smart_home(wifi: str = "wifi5") -> Cluster:
+    """A phone, a laptop, a Raspberry Pi 4 and a Jetson Orin Nano on one home Wi-Fi AP.
 
-def smart_home() -> Cluster:
+    The Pi has a single-stream radio; the others two streams. ``wifi`` is ``wifi5`` or
+    ``wifi6``.
+    """
     devices = (
-        Device("phone", 200e9, memory_bytes=6 * _GIB, kind="phone"),
-        Device("laptop", 400e9, memory_bytes=16 * _GIB, kind="laptop"),
-        Device("rpi4", 8e9, memory_bytes=4 * _GIB, kind="rpi"),
-        Device("jetson", 470e9, memory_bytes=4 * _GIB, kind="jetson"),
+        presets.phone_snapdragon_8_gen_2("phone"),
+        presets.laptop_core_i7_1165g7("laptop"),
+        presets.raspberry_pi_4("rpi4"),
+        presets.jetson_orin_nano("jetson"),
     )
-    return Cluster(devices, Network("wifi5", 280e6, 2e-3), name="smart_home")
+    names = [d.name for d in devices]
+    if wifi == "wifi5":
+        network = presets.wifi5_ap(names, streams={"rpi4": 1})
+    elif wifi == "wifi6":
+        network = presets.wifi6_ap(names, streams={"rpi4": 1})
+    else:
+        raise ClusterError(f"smart_home(wifi=...) must be 'wifi5' or 'wifi6', got {wifi!r}")
+    return Cluster(devices, network, name="smart_home")
 
 
-def traffic_analytics() -> Cluster:
-    devices = tuple(
-        Device(f"orin{i}", 1.2e12, memory_bytes=8 * _GIB, kind="jetson") for i in range(3)
-    ) + (Device("edge_server", 20e12, memory_bytes=32 * _GIB, kind="server"),)
-    return Cluster(devices, Network("ethernet", 940e6, 0.2e-3), name="traffic_analytics")
+def traffic_analytics(cameras: int = 3) -> Cluster:
+    """Camera-side Jetson Orin Nano boards and a roadside T4 edge server on a Gigabit switch."""
+    if not isinstance(cameras, int) or cameras < 1:
+        raise ClusterError(f"traffic_analytics needs cameras >= 1, got {cameras!r}")
+    devices = tuple(presets.jetson_orin_nano(f"cam{i}") for i in range(cameras)) + (
+        presets.edge_server_t4("edge_server"),
+    )
+    network = presets.gigabit_switch([d.name for d in devices])
+    return Cluster(devices, network, name="traffic_analytics")
 
 
 def edge_cluster(n: int = 4) -> Cluster:
-    devices = tuple(Device(f"jetson{i}", 470e9, memory_bytes=4 * _GIB, kind="jetson") for i in range(n))
-    return Cluster(devices, Network("gige", 940e6, 0.1e-3), name=f"edge_cluster{n}")
+    """``n`` Jetson Orin Nano boards (4 to 8 in the paper's setting) on a Gigabit switch."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ClusterError(f"edge_cluster needs n >= 1 boards (4 to 8 is typical), got {n!r}")
+    devices = tuple(presets.jetson_orin_nano(f"jetson{i}") for i in range(n))
+    return Cluster(
+        devices, presets.gigabit_switch([d.name for d in devices]), name=f"edge_cluster{n}"
+    )
 
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[..., Cluster]] = {
     "smart_home": smart_home,
     "traffic_analytics": traffic_analytics,
     "edge_cluster": edge_cluster,

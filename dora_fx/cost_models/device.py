@@ -1,23 +1,55 @@
 """Device model: what one edge device can compute, hold and burn.
 
-Spine version: the fields the partitioner and explain() need. The cost-model issue adds the
-roofline timing, presets with sources, and profiles measured by calibration.
+A device is a roofline per op class. A node of class ``c`` with ``F`` FLOPs that moves ``Q``
+bytes takes
+
+    t = op_overhead_s + max(F / R_c, Q / B)
+
+where ``R_dense`` (matmul, conv, attention) and ``R_other`` (elementwise, normalization,
+reductions) are sustained FLOP/s and ``B`` the sustained memory bandwidth; ``view`` nodes are
+free. Sustained = peak x efficiency: presets give the spec-sheet peak (sources in
+docs/devices.md) and an efficiency; a calibrated host profile gives measured rates with
+efficiency 1. A stage's time is the sum of its nodes' times.
+
+Blocks (``dora_fx.Problem``) keep per-class sums rather than per-node figures, so a block is
+costed as two rooflines, one per class (``block_time_s``): exact when every node of a class is
+on the same side of the ridge point, and never below the single roofline of the totals.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
-from ..errors import ClusterError
+from ..errors import ClusterError, ProfileError
 
-__all__ = ["Device"]
+__all__ = ["Device", "PROFILE_FORMAT"]
+
+PROFILE_FORMAT = "dora_fx.device_profile/1"
+
+# Fields a profile must state; the rest have defaults that are safe to assume.
+_REQUIRED_PROFILE_FIELDS = (
+    "name",
+    "dense_flops_per_s",
+    "other_flops_per_s",
+    "memory_bandwidth_bytes_per_s",
+    "op_overhead_s",
+)
 
 
 @dataclass(frozen=True)
 class Device:
-    """One device. Rates are peak figures; efficiencies live in calibrated profiles."""
+    """One device.
+
+    ``dense_flops_per_s`` / ``other_flops_per_s`` / ``memory_bandwidth_bytes_per_s`` are peak
+    figures and the ``*_efficiency`` fields the fraction of peak that real kernels sustain.
+    ``other_flops_per_s=None`` means a quarter of the dense peak (vector units without the
+    matrix engines). ``busy_power_w`` is the whole device while computing, ``idle_power_w``
+    while waiting (powered, in the plan, nothing to do).
+    """
 
     name: str
     dense_flops_per_s: float
@@ -28,42 +60,185 @@ class Device:
     busy_power_w: float = 5.0
     idle_power_w: float = 1.0
     kind: str = "generic"
+    dense_efficiency: float = 1.0
+    other_efficiency: float = 1.0
+    memory_efficiency: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ClusterError(f"Device.name must be a non-empty string, got {self.name!r}")
-        for field in (
-            "dense_flops_per_s",
-            "memory_bandwidth_bytes_per_s",
-            "memory_bytes",
-        ):
-            _check_positive(self.name, field, getattr(self, field))
+        for name in ("dense_flops_per_s", "memory_bandwidth_bytes_per_s", "memory_bytes"):
+            _check_positive(self.name, name, getattr(self, name))
         if self.other_flops_per_s is not None:
             _check_positive(self.name, "other_flops_per_s", self.other_flops_per_s)
-        for field in ("op_overhead_s", "busy_power_w", "idle_power_w"):
-            value = getattr(self, field)
-            if not math.isfinite(value) or value < 0:
+        for name in ("dense_efficiency", "other_efficiency", "memory_efficiency"):
+            value = getattr(self, name)
+            _check_positive(self.name, name, value)
+            if value > 1.0:
                 raise ClusterError(
-                    f"device {self.name!r}: {field} must be >= 0 and finite, got {value!r}"
+                    f"device {self.name!r}: {name} is a fraction of peak, expected (0, 1], got "
+                    f"{value!r}; raise the peak figure instead"
                 )
+        for name in ("op_overhead_s", "busy_power_w", "idle_power_w"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                raise ClusterError(
+                    f"device {self.name!r}: {name} must be >= 0 and finite, got {value!r}"
+                )
+        if self.idle_power_w > self.busy_power_w:
+            raise ClusterError(
+                f"device {self.name!r}: idle_power_w={self.idle_power_w!r} is above "
+                f"busy_power_w={self.busy_power_w!r}; a device cannot burn less when busy"
+            )
+
+    # -- sustained rates ---------------------------------------------------------------------
 
     @property
     def effective_other_flops_per_s(self) -> float:
-        """Non-matmul ops run at a fraction of dense peak unless the spec says otherwise."""
+        """Peak FLOP/s of non-matmul ops (a quarter of dense peak unless the spec says)."""
         if self.other_flops_per_s is not None:
             return self.other_flops_per_s
         return self.dense_flops_per_s / 4
+
+    @property
+    def sustained_dense_flops_per_s(self) -> float:
+        return self.dense_flops_per_s * self.dense_efficiency
+
+    @property
+    def sustained_other_flops_per_s(self) -> float:
+        return self.effective_other_flops_per_s * self.other_efficiency
+
+    @property
+    def sustained_bandwidth_bytes_per_s(self) -> float:
+        return self.memory_bandwidth_bytes_per_s * self.memory_efficiency
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def node_time_s(self, flops: float, bytes_moved: float, op_class: str) -> float:
+        """Roofline time of one node; ``op_class`` is ``dense``, ``other`` or ``view``."""
+        if op_class == "view":
+            return 0.0
+        if op_class == "dense":
+            rate = self.sustained_dense_flops_per_s
+        elif op_class == "other":
+            rate = self.sustained_other_flops_per_s
+        else:
+            raise ClusterError(
+                f"device {self.name!r}: op_class must be 'dense', 'other' or 'view', got "
+                f"{op_class!r}"
+            )
+        return self.op_overhead_s + max(
+            flops / rate, bytes_moved / self.sustained_bandwidth_bytes_per_s
+        )
+
+    def block_time_s(
+        self,
+        flops: float,
+        dense_flops: float,
+        bytes_moved: float,
+        ops: float,
+        dense_bytes: float | None = None,
+    ) -> float:
+        """Time of a run of nodes from its per-class sums.
+
+        With ``dense_bytes`` (bytes moved by dense nodes) it is one roofline per class:
+        ``ops*overhead + max(Fd/Rd, Qd/B) + max(Fo/Ro, Qo/B)``; without it, the single
+        roofline of the totals ``ops*overhead + max(Fd/Rd + Fo/Ro, Q/B)``.
+        """
+        other_flops = max(flops - dense_flops, 0.0)
+        bandwidth = self.sustained_bandwidth_bytes_per_s
+        dense_rate = self.sustained_dense_flops_per_s
+        other_rate = self.sustained_other_flops_per_s
+        if dense_bytes is None:
+            compute_s = max(
+                dense_flops / dense_rate + other_flops / other_rate, bytes_moved / bandwidth
+            )
+        else:
+            other_bytes = max(bytes_moved - dense_bytes, 0.0)
+            compute_s = max(dense_flops / dense_rate, dense_bytes / bandwidth) + max(
+                other_flops / other_rate, other_bytes / bandwidth
+            )
+        return ops * self.op_overhead_s + compute_s
+
+    # -- editing and serialization ---------------------------------------------------------
+
+    def replace(self, **changes: Any) -> Device:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Device:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ClusterError(
+                f"device {data.get('name', '?')!r}: unknown fields {unknown}; a Device has {sorted(known)}"
+            )
         return cls(**data)
 
+    def save_profile(
+        self,
+        path: str | Path,
+        measurements: list[dict[str, Any]] | None = None,
+        host: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write this device as a profile JSON (what ``calibrate`` produces)."""
+        path = Path(path)
+        doc = {
+            "format": PROFILE_FORMAT,
+            "device": self.to_json(),
+            "host": host or {},
+            "measurements": measurements or [],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        return path
 
-def _check_positive(device: str, field: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    @classmethod
+    def from_profile(cls, source: str | Path | dict[str, Any]) -> Device:
+        """Read a device profile (a path to its JSON, or the parsed document)."""
+        where = "profile" if isinstance(source, dict) else str(source)
+        if isinstance(source, dict):
+            doc = source
+        else:
+            try:
+                doc = json.loads(Path(source).read_text())
+            except OSError as exc:
+                raise ProfileError(f"cannot read device profile {where}: {exc}") from None
+            except json.JSONDecodeError as exc:
+                raise ProfileError(f"device profile {where} is not JSON: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("device"), dict):
+            raise ProfileError(
+                f"device profile {where}: expected a JSON object with a 'device' object "
+                f"(format {PROFILE_FORMAT!r}); write one with dora_fx.calibrate()"
+            )
+        if doc.get("format", PROFILE_FORMAT) != PROFILE_FORMAT:
+            raise ProfileError(
+                f"device profile {where}: format {doc.get('format')!r}, expected {PROFILE_FORMAT!r}"
+            )
+        spec = doc["device"]
+        missing = [k for k in _REQUIRED_PROFILE_FIELDS if spec.get(k) is None]
+        if missing:
+            raise ProfileError(
+                f"device profile {where}: device is missing {missing} (required: "
+                f"{list(_REQUIRED_PROFILE_FIELDS)}); re-run dora_fx.calibrate() or add them"
+            )
+        try:
+            return cls.from_json(spec)
+        except (ClusterError, TypeError) as exc:
+            raise ProfileError(f"device profile {where}: {exc}") from None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_positive(device: str, name: str, value: object) -> None:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
         raise ClusterError(
-            f"device {device!r}: {field} must be positive and finite, got {value!r}"
+            f"device {device!r}: {name} must be positive and finite, got {value!r}; "
+            "use the device's spec-sheet figure or dora_fx.calibrate() for the host"
         )
