@@ -11,6 +11,7 @@ linearly in the batch, see annotate_costs).
 
 from __future__ import annotations
 
+import operator
 import re
 import warnings
 from collections.abc import Sequence
@@ -158,6 +159,7 @@ def _from_exported(ep: ExportedProgram, args: tuple[Any, ...]) -> Captured:
     graph = torch.fx.Graph()
     value_map: dict[torch.fx.Node, torch.fx.Node] = {}
     out = graph.graph_copy(ep.graph, value_map)
+    _inline_wrappers(graph, ep.graph_module)
     root = torch.nn.Module()
     state = {**ep.state_dict, **ep.constants}
     attr_sources: dict[str, str] = {}
@@ -197,6 +199,50 @@ def _from_exported(ep: ExportedProgram, args: tuple[Any, ...]) -> Captured:
     )
     captured.symbols = _name_symbols(gm)
     return captured
+
+
+def _inline_wrappers(graph: torch.fx.Graph, owner: torch.nn.Module) -> None:
+    """Inline the submodules export wraps grad-mode and autocast regions in (Llama's rotary
+    embedding runs under ``torch.autocast(enabled=False)``): for inference on float32 graphs
+    they change nothing, and a flat graph is what stages are cut from."""
+    hops = torch.ops.higher_order
+    submodule_arg = {hops.wrap_with_set_grad_enabled: 1, hops.wrap_with_autocast: 4}
+    while wrappers := [
+        n for n in graph.nodes if n.op == "call_function" and n.target in submodule_arg
+    ]:
+        for node in wrappers:
+            k = submodule_arg[node.target]
+            if node.target is hops.wrap_with_autocast and node.args[2]:
+                raise CaptureError(
+                    f"node {node.name}: enabled torch.autocast regions are not supported yet; "
+                    "capture the model in the dtype you want to run instead"
+                )
+            getter = node.args[k]
+            sub = getattr(owner, getter.target)
+            _inline_one(graph, node, sub.graph, node.args[k + 1 :])
+            if not getter.users:
+                graph.erase_node(getter)
+
+
+def _inline_one(
+    graph: torch.fx.Graph, node: torch.fx.Node, body: torch.fx.Graph, operands: Sequence[Any]
+) -> None:
+    env: dict[torch.fx.Node, Any] = dict(
+        zip([n for n in body.nodes if n.op == "placeholder"], operands)
+    )
+    results: tuple[Any, ...] = ()
+    with graph.inserting_before(node):
+        for inner in body.nodes:
+            if inner.op == "output":
+                results = _as_tuple(pytree.tree_map_only(torch.fx.Node, env.__getitem__, inner.args[0]))
+            elif inner.op != "placeholder":
+                env[inner] = graph.node_copy(inner, env.__getitem__)
+    for user in list(node.users):
+        if user.target is not operator.getitem:
+            raise CaptureError(f"cannot inline {node.name}: its result is used by {user.name}")
+        user.replace_all_uses_with(results[user.args[1]])
+        graph.erase_node(user)
+    graph.erase_node(node)
 
 
 def _node_named(graph: torch.fx.Graph, name: str) -> torch.fx.Node:

@@ -26,7 +26,7 @@ _VIEW_OPS = {
     "unsqueeze", "squeeze", "slice", "select", "alias", "detach", "split", "split_with_sizes",
     "chunk", "unbind", "sym_size", "sym_numel", "sym_stride", "_assert_tensor_metadata",
     "_assert_scalar", "flatten", "unflatten", "view_as", "narrow", "lift_fresh_copy",
-    "dropout", "feature_dropout", "identity", "getitem", "_local_scalar_dense", "movedim",
+    "dropout", "dropout_", "feature_dropout", "alpha_dropout", "identity", "getitem", "_local_scalar_dense", "movedim",
     "as_strided", "diagonal", "_unsafe_index_put", "sym_constrain_range_for_size",
 }
 # Ops that move or create data but do no arithmetic: 0 FLOPs is their true count.
