@@ -33,7 +33,7 @@ from .ir import Plan
 from .passes.annotate_costs import CostSymbols, annotate_costs
 from .passes.coarsen import BlockChain, coarsen
 from .passes.codegen import stage_source
-from .passes.insert_comm import StageProgram, insert_comm
+from .passes.insert_comm import StageProgram, insert_comm, stage_transfers
 from .passes.partition import balanced_flops_plan
 from .passes.verify import verify_state
 from .problem import Problem
@@ -109,6 +109,7 @@ def _codegen(state: CompileState) -> None:
             devices=state.plan.stages[program.index].devices,
             code=stage_source(program, state.plan, [names[i] for i in program.input_indices]),
             node_names=program.node_names,
+            transfers=stage_transfers(program.gm, state.captured.symbols),
         )
         for program in state.programs
     ]

@@ -23,7 +23,7 @@ from .errors import PlanFolderError
 from .ir import Plan
 from .runtime.local import LocalPipeline, StageModule
 
-__all__ = ["save_folder", "load", "LoadedModel", "FORMAT"]
+__all__ = ["save_folder", "load", "load_stage", "LoadedModel", "FORMAT"]
 
 FORMAT = "dora_fx.plan/1"
 PLAN_FILE = "plan.json"
@@ -60,6 +60,7 @@ def save_folder(
                 "input_indices": stage.input_indices,
                 "output_indices": stage.output_indices,
                 "devices": list(stage.devices),
+                **stage.transfers,
             }
         )
     (folder / "plan.txt").write_text(plan.to_text() + "\n")
@@ -101,6 +102,22 @@ def load(path: str | Path) -> LoadedModel:
     return LoadedModel(folder, manifest, stages)
 
 
+def load_stage(path: str | Path, index: int) -> tuple[StageModule, dict[str, Any]]:
+    """Load one stage (its file and weights only, checksums verified) and the manifest: what a
+    rank of the distributed runtime needs."""
+    folder = Path(path)
+    manifest = _read_manifest(folder)
+    entries = {entry["index"]: entry for entry in manifest["stages"]}
+    if index not in entries:
+        raise PlanFolderError(
+            f"{folder} holds stages {sorted(entries)}, not stage {index}; the plan has "
+            f"{len(entries)} stages, so it needs {len(entries)} ranks"
+        )
+    entry = entries[index]
+    _verify_files(folder, manifest, names={entry["source"], entry["weights"]})
+    return _load_stage(folder, entry), manifest
+
+
 def _read_manifest(folder: Path) -> dict[str, Any]:
     plan_file = folder / PLAN_FILE
     if not plan_file.is_file():
@@ -118,12 +135,14 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def _verify_files(folder: Path, manifest: dict[str, Any], names: set[str] | None = None) -> None:
     named = {entry[k] for entry in manifest["stages"] for k in ("source", "weights")}
     unlisted = sorted(named - set(manifest["files"]))
     if unlisted:
         raise PlanFolderError(f"{folder / PLAN_FILE} names {unlisted} without a checksum")
     for name, expected in manifest["files"].items():
+        if names is not None and name not in names:
+            continue
         file = folder / name
         if Path(name).name != name:
             raise PlanFolderError(f"{PLAN_FILE} names {name!r}, which is outside the folder")
@@ -162,6 +181,7 @@ def _load_stage(folder: Path, entry: dict[str, Any]) -> StageModule:
         output_indices=list(entry["output_indices"]),
         devices=tuple(entry["devices"]),
         code=source.read_text(),
+        transfers={k: entry.get(k, []) for k in ("sends", "recvs", "outputs")},
     )
 
 

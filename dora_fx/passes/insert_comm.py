@@ -12,6 +12,7 @@ The schedule pass may reorder these nodes later; this pass places them naively.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..comm_ops import RECV, SEND
 from ..ir import Plan
 from .coarsen import BlockChain
 
-__all__ = ["StageProgram", "insert_comm"]
+__all__ = ["StageProgram", "insert_comm", "stage_transfers", "tensor_spec"]
 
 _SYM_SIZE = torch.ops.aten.sym_size.int
 _SCALAR_TENSOR = torch.ops.aten.scalar_tensor.default
@@ -209,3 +210,44 @@ class _StageBuilder:
         peer, tag = self.stage_of[node], self.tags[node]
         return self.graph.call_function(RECV, (), {"peer": peer, "tag": tag}, name=name)
 
+
+
+def tensor_spec(value: Any, symbol_names: dict[str, str]) -> dict[str, Any] | None:
+    """dtype, shape (dims as ints or expressions in ``batch``/``seq``) and the batch dim of a
+    value crossing a boundary; what a distributed receiver or a data-parallel split needs."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    shape: list[int | str] = []
+    batch_dim = None
+    for dim, size in enumerate(value.shape):
+        if isinstance(size, torch.SymInt):
+            text = str(size.node.expr)
+            for graph_name, our_name in symbol_names.items():
+                text = re.sub(rf"\b{graph_name}\b", our_name, text)
+            shape.append(text)
+            if text == "batch" and batch_dim is None:
+                batch_dim = dim
+        else:
+            shape.append(int(size))
+    return {"dtype": str(value.dtype).removeprefix("torch."), "shape": shape, "batch_dim": batch_dim}
+
+
+def stage_transfers(gm: torch.fx.GraphModule, symbol_names: dict[str, str]) -> dict[str, Any]:
+    """The stage's sends, receives and returned outputs, described for the runtimes."""
+
+    def spec(node: torch.fx.Node) -> dict[str, Any] | None:
+        return tensor_spec(node.meta.get("val"), symbol_names)
+
+    sends = [
+        {"peer": n.kwargs["peer"], "tag": n.kwargs["tag"], "tensor": spec(n.args[0])}
+        for n in gm.graph.nodes
+        if n.target is SEND
+    ]
+    recvs = [
+        {"peer": n.kwargs["peer"], "tag": n.kwargs["tag"], "tensor": spec(n)}
+        for n in gm.graph.nodes
+        if n.target is RECV
+    ]
+    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+    outputs = [spec(v) if isinstance(v, torch.fx.Node) else None for v in output.args[0]]
+    return {"sends": sends, "recvs": recvs, "outputs": outputs}

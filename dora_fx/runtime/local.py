@@ -27,6 +27,8 @@ class StageModule:
     devices: tuple[str, ...]
     code: str = ""
     node_names: list[str] = field(default_factory=list)
+    # sends / recvs / outputs with dtype, shape and batch dim (see insert_comm.stage_transfers)
+    transfers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_params(self) -> int:
