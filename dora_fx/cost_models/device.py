@@ -237,7 +237,7 @@ def _is_number(value: object) -> bool:
 
 
 def _check_positive(device: str, name: str, value: object) -> None:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type]
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:  # type: ignore[arg-type,operator]
         raise ClusterError(
             f"device {device!r}: {name} must be positive and finite, got {value!r}; "
             "use the device's spec-sheet figure or dora_fx.calibrate() for the host"
