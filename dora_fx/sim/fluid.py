@@ -10,9 +10,12 @@ ignored.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Sequence
+
 from ..cost_models.network import Network, Resource
 
-__all__ = ["FluidNetwork"]
+__all__ = ["FluidNetwork", "arrival_times_s"]
 
 
 class _Flow:
@@ -122,3 +125,33 @@ class FluidNetwork:
     def is_current(self, fid: int, version: int) -> bool:
         flow = self.flows.get(fid)
         return flow is not None and flow.version == version
+
+
+def arrival_times_s(network: Network, flows: Sequence[tuple[str, str, float, float]]) -> list[float]:
+    """When each flow ``(src, dst, nbytes, start_s)`` is fully at ``dst``, with all of them
+    sharing ``network`` as they overlap in time (no other traffic)."""
+    fluid = FluidNetwork(network)
+    arrive = [0.0] * len(flows)
+    events: list[tuple[float, int, int, int]] = []  # (time, order, fid, version or -1 = start)
+    order = 0
+    for fid, (_, _, _, start_s) in enumerate(flows):
+        order += 1
+        heapq.heappush(events, (start_s, order, fid, -1))
+    while events:
+        now, _, fid, version = heapq.heappop(events)
+        src, dst, nbytes, _ = flows[fid]
+        path, latency = fluid.route(src, dst)
+        if version == -1:
+            if nbytes <= 0 or not path:
+                arrive[fid] = now + latency
+                continue
+            changed = fluid.start(fid, path, 8.0 * nbytes, now)
+        elif fluid.is_current(fid, version):
+            arrive[fid] = now + latency
+            changed = fluid.finish(fid, now)
+        else:
+            continue
+        for other, finish_s, new_version in changed:
+            order += 1
+            heapq.heappush(events, (finish_s, order, other, new_version))
+    return arrive

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+
+from dora_fx.cost_models.device import PROFILE_FORMAT, Device
+from dora_fx.errors import ClusterError, ProfileError
+
+
+def make(**changes):
+    spec = dict(
+        name="dev",
+        dense_flops_per_s=100e9,
+        other_flops_per_s=10e9,
+        memory_bandwidth_bytes_per_s=10e9,
+        op_overhead_s=1e-6,
+    )
+    spec.update(changes)
+    return Device(**spec)
+
+
+def test_node_time_is_a_roofline_per_op_class():
+    d = make()
+    # compute-bound dense node: 1e9 FLOPs at 100 GFLOP/s beats 1 MB at 10 GB/s
+    assert d.node_time_s(1e9, 1e6, "dense") == pytest.approx(1e-6 + 1e-2)
+    # memory-bound other node: 1e6 FLOPs at 10 GFLOP/s < 1e8 bytes at 10 GB/s
+    assert d.node_time_s(1e6, 1e8, "other") == pytest.approx(1e-6 + 1e-2)
+    # other ops run at their own, lower rate
+    assert d.node_time_s(1e9, 0, "other") == pytest.approx(1e-6 + 0.1)
+    assert d.node_time_s(1e12, 1e12, "view") == 0.0
+
+
+def test_efficiencies_scale_the_peaks():
+    d = make(dense_efficiency=0.5, memory_efficiency=0.25)
+    assert d.sustained_dense_flops_per_s == 50e9
+    assert d.sustained_bandwidth_bytes_per_s == 2.5e9
+    assert d.node_time_s(1e9, 0, "dense") == pytest.approx(1e-6 + 0.02)
+
+
+def test_other_rate_defaults_to_a_quarter_of_dense():
+    assert make(other_flops_per_s=None).effective_other_flops_per_s == 25e9
+
+
+def test_block_time_two_rooflines_and_single_roofline():
+    d = make(op_overhead_s=0.0)
+    # dense part compute-bound (1e9 / 1e11 = 10 ms), other part memory-bound (1e8 B / 1e10 = 10 ms)
+    two = d.block_time_s(flops=1e9 + 1e6, dense_flops=1e9, bytes_moved=1e8 + 1e6, ops=5, dense_bytes=1e6)
+    assert two == pytest.approx(0.01 + 0.01)
+    single = d.block_time_s(flops=1e9 + 1e6, dense_flops=1e9, bytes_moved=1e8 + 1e6, ops=5)
+    assert single == pytest.approx(max(0.01 + 1e-4, 0.0101))
+    assert two >= single
+
+
+def test_block_time_counts_overhead_per_op():
+    d = make(op_overhead_s=1e-3)
+    assert d.block_time_s(0, 0, 0, ops=7) == pytest.approx(7e-3)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("dense_flops_per_s", 0),
+        ("dense_flops_per_s", -1e9),
+        ("other_flops_per_s", 0.0),
+        ("memory_bandwidth_bytes_per_s", -5.0),
+        ("memory_bytes", 0),
+        ("dense_flops_per_s", float("nan")),
+    ],
+)
+def test_bad_rates_are_refused_with_the_field_named(field, value):
+    with pytest.raises(ClusterError, match=rf"device 'dev': {field} must be positive and finite, got"):
+        make(**{field: value})
+
+
+def test_efficiency_above_one_is_refused():
+    with pytest.raises(ClusterError, match="dense_efficiency is a fraction of peak, expected"):
+        make(dense_efficiency=1.5)
+
+
+def test_idle_above_busy_power_is_refused():
+    with pytest.raises(ClusterError, match="idle_power_w=9 is above busy_power_w=5"):
+        make(busy_power_w=5, idle_power_w=9)
+
+
+def test_profile_round_trip(tmp_path):
+    d = make(kind="host", busy_power_w=30.0, idle_power_w=5.0)
+    path = d.save_profile(tmp_path / "host.json", measurements=[{"op": "matmul"}])
+    doc = json.loads(path.read_text())
+    assert doc["format"] == PROFILE_FORMAT and doc["measurements"] == [{"op": "matmul"}]
+    assert Device.from_profile(path) == d
+    assert Device.from_profile(doc) == d
+
+
+def test_profile_with_missing_fields_names_them(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"format": PROFILE_FORMAT, "device": {"name": "h", "dense_flops_per_s": 1e9}}))
+    with pytest.raises(ProfileError, match=r"missing \['other_flops_per_s', 'memory_bandwidth_bytes_per_s', 'op_overhead_s'\]"):
+        Device.from_profile(path)
+
+
+def test_profile_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ProfileError, match="is not JSON"):
+        Device.from_profile(bad)
+    with pytest.raises(ProfileError, match="cannot read device profile"):
+        Device.from_profile(tmp_path / "absent.json")
+    with pytest.raises(ProfileError, match="expected a JSON object with a 'device' object"):
+        Device.from_profile({"format": PROFILE_FORMAT})
+    with pytest.raises(ProfileError, match="format 'other/2', expected"):
+        Device.from_profile({"format": "other/2", "device": {}})
+    spec = make().to_json() | {"dense_flops_per_s": -1.0}
+    with pytest.raises(ProfileError, match="dense_flops_per_s must be positive"):
+        Device.from_profile({"device": spec})
+    with pytest.raises(ProfileError, match="unknown fields"):
+        Device.from_profile({"device": make().to_json() | {"warp": 9}})
+
+
+def test_json_round_trip_and_replace():
+    d = make()
+    assert Device.from_json(d.to_json()) == d
+    assert d.replace(memory_bytes=1.0).memory_bytes == 1.0
+    with pytest.raises(ClusterError):
+        d.replace(dense_flops_per_s=0)
