@@ -240,7 +240,7 @@ def _inline_one(
     for user in list(node.users):
         if user.target is not operator.getitem:
             raise CaptureError(f"cannot inline {node.name}: its result is used by {user.name}")
-        user.replace_all_uses_with(results[user.args[1]])
+        user.replace_all_uses_with(results[int(user.args[1])])  # type: ignore[arg-type]
         graph.erase_node(user)
     graph.erase_node(node)
 
@@ -281,8 +281,9 @@ def _name_symbols(gm: torch.fx.GraphModule) -> dict[str, str]:
         if not isinstance(val, torch.Tensor):
             continue
         for dim, our_name in ((0, BATCH), (1, SEQ)):
-            if val.dim() > dim and isinstance(val.shape[dim], torch.SymInt):
-                names.setdefault(str(val.shape[dim].node.expr), our_name)
+            size = val.shape[dim] if val.dim() > dim else None
+            if isinstance(size, torch.SymInt):
+                names.setdefault(str(size.node.expr), our_name)
     return names
 
 

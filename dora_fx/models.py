@@ -152,23 +152,23 @@ def _vit(size: str, batch: int) -> Built:
     from transformers import ViTConfig, ViTModel
 
     if size == "full":
-        config = ViTConfig()
+        config, image = ViTConfig(image_size=224), 224
     else:
         config = ViTConfig(
             hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             image_size=32, patch_size=8,
         )
-    return ViTModel(config), (_image(batch, config.image_size),)
+        image = 32
+    return ViTModel(config), (_image(batch, image),)
 
 
 def _mobilenetv2(size: str, batch: int) -> Built:
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
 
-    if size == "full":
-        config = MobileNetV2Config()
-    else:
-        config = MobileNetV2Config(depth_multiplier=0.35, image_size=64)
-    return MobileNetV2ForImageClassification(config), (_image(batch, config.image_size),)
+    image = 224 if size == "full" else 64
+    depth_multiplier = 1.0 if size == "full" else 0.35
+    config = MobileNetV2Config(depth_multiplier=depth_multiplier, image_size=image)
+    return MobileNetV2ForImageClassification(config), (_image(batch, image),)
 
 
 def _resnet(size: str, batch: int) -> Built:

@@ -47,16 +47,17 @@ class QoE:
         self._check_consistent()
 
     def _check_consistent(self) -> None:
-        # A pipeline can overlap requests, but a closed loop of one request at a time cannot go
-        # faster than 1 / latency: asking for more throughput than that with no offered load
-        # to overlap is a contradiction.
-        if self.request_rate_rps is not None and self.throughput_rps is not None:
-            if self.throughput_rps > self.request_rate_rps:
-                raise QoEError(
-                    f"QoE asks for throughput_rps={self.throughput_rps} but offers only "
-                    f"request_rate_rps={self.request_rate_rps}: throughput cannot exceed the "
-                    "offered load; lower throughput_rps or raise request_rate_rps"
-                )
+        # No plan serves more requests per second than are offered.
+        if (
+            self.request_rate_rps is not None
+            and self.throughput_rps is not None
+            and self.throughput_rps > self.request_rate_rps
+        ):
+            raise QoEError(
+                f"QoE asks for throughput_rps={self.throughput_rps} but offers only "
+                f"request_rate_rps={self.request_rate_rps}: throughput cannot exceed the "
+                "offered load; lower throughput_rps or raise request_rate_rps"
+            )
 
     @property
     def latency_s(self) -> float | None:

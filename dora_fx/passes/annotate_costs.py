@@ -130,11 +130,11 @@ def _bytes(value: Any, symbols: CostSymbols) -> sympy.Expr:
 
 def compile_costs(
     exprs: Sequence[sympy.Expr], symbols: CostSymbols
-) -> Callable[[float, float], np.ndarray]:
+) -> Callable[..., np.ndarray]:
     """One compiled numpy function for many expressions: ``f(batch, seq) -> array``."""
     fn = sympy.lambdify((symbols.batch, symbols.seq), list(exprs), modules="numpy")
 
-    def evaluate(batch: float, seq: float = 1.0) -> np.ndarray:
+    def evaluate(batch: float, seq: float = 1.0, /) -> np.ndarray:
         return np.asarray(fn(batch, seq), dtype=np.float64).reshape(len(exprs))
 
     return evaluate

@@ -53,7 +53,7 @@ def stage_source(program: StageProgram, plan: Plan, input_names: list[str]) -> s
         "        super().__init__()",
         *_weight_declarations(gm),
         "",
-        textwrap.indent(code.src.strip("\n"), "    "),
+        textwrap.indent(code.src.strip("\n").rstrip(), "    "),
         "",
     ]
     return "\n".join(lines)

@@ -109,7 +109,7 @@ def other_flops(name: str, args: tuple[Value, ...], out: Value) -> Any:
 
 
 def _linear(args: tuple[Value, ...], kwargs: dict[str, Value], out: Value) -> Any:
-    x, weight = args[0], args[1]
+    x = args[0]
     bias = args[2] if len(args) > 2 else kwargs.get("bias")
     flops = 2 * numel(out) * x.shape[-1]
     return flops + (numel(out) if bias is not None else 0)

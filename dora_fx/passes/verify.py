@@ -48,8 +48,8 @@ def verify_stages(
             f"after {after}: every compute node must be in exactly one stage; "
             f"missing: {missing[:10]}, in several stages: {repeated[:10]}"
         )
-    sends = Counter()
-    recvs = Counter()
+    sends: Counter[tuple[int, int, int]] = Counter()
+    recvs: Counter[tuple[int, int, int]] = Counter()
     for index, graph in enumerate(graphs):
         for node in graph.nodes:
             if node.target is SEND:

@@ -1,0 +1,105 @@
+"""``dora-fx``: plan a model onto a scenario cluster from the command line.
+
+    dora-fx plan --model gpt2 --scenario smart_home --latency-ms 200 --out out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .models import MODELS
+    from .scenarios import SCENARIOS
+
+    parser = argparse.ArgumentParser(
+        prog="dora-fx",
+        description="QoE-aware partitioning of a PyTorch model across edge devices.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plan = commands.add_parser(
+        "plan",
+        help="partition a built-in model onto a scenario cluster, print the plan, write stages",
+        description="Compile a built-in model (random weights, nothing downloaded) for a scenario "
+        "cluster, print the plan table, write one stage_K.py per stage plus weights and "
+        "plan.json to --out, and check that the saved plan computes what the model computes.",
+    )
+    plan.add_argument("--model", default="gpt2", choices=sorted(MODELS),
+                      help="model to partition (default: gpt2)")
+    plan.add_argument("--size", default="full", choices=["small", "full"],
+                      help="'full' is the published configuration (GPT-2 small: 12 layers, 768 "
+                      "wide; ResNet-50; MobileNetV2 1.0), 'small' a shrunken one for quick tries "
+                      "(default: full)")
+    plan.add_argument("--scenario", default="smart_home", choices=sorted(SCENARIOS),
+                      help="cluster of devices and network to plan for (default: smart_home)")
+    plan.add_argument("--latency-ms", type=float, default=None,
+                      help="latency SLO per request in milliseconds (default: none)")
+    plan.add_argument("--throughput-rps", type=float, default=None,
+                      help="throughput floor in requests per second (default: none)")
+    plan.add_argument("--energy-j", type=float, default=None,
+                      help="energy budget per request in joules (default: none)")
+    plan.add_argument("--objective", default="latency",
+                      choices=["latency", "throughput", "energy"],
+                      help="what to optimize once the QoE holds (default: latency)")
+    plan.add_argument("--batch", type=int, default=8,
+                      help="request batch size to plan for (default: 8)")
+    plan.add_argument("--num-stages", type=int, default=None,
+                      help="pipeline stages (default: one per device of the scenario)")
+    plan.add_argument("--out", default="out",
+                      help="folder for stage_K.py, weights and plan.json (default: out)")
+    plan.add_argument("--no-check", action="store_true",
+                      help="skip loading the saved folder and comparing its output with the model's")
+    plan.set_defaults(run=run_plan)
+    return parser
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    import torch
+
+    import dora_fx
+    from dora_fx.models import build
+    from dora_fx.scenarios import SCENARIOS
+
+    started = time.perf_counter()
+    print(f"building {args.model} ({args.size}) with random weights, batch {args.batch} ...", flush=True)
+    model, inputs = build(args.model, args.size, batch=args.batch)
+    qoe = dora_fx.QoE(
+        latency_ms=args.latency_ms, throughput_rps=args.throughput_rps, energy_j=args.energy_j,
+        objective=args.objective, batch=args.batch,
+    )
+    print(f"compiling for {args.scenario} ...", flush=True)
+    compiled = dora_fx.compile(
+        model, SCENARIOS[args.scenario](), qoe, example_inputs=inputs, num_stages=args.num_stages
+    )
+    print(compiled.explain())
+    folder = compiled.save(args.out)
+    print(f"wrote {len(compiled.stages)} stages to {folder}/ (stage_K.py, weights, plan.json)")
+    if not args.no_check:
+        with torch.no_grad():
+            torch.testing.assert_close(dora_fx.load(folder)(*inputs), model(*inputs))
+        print(f"check: {folder}/ loaded alone computes the model's output (assert_close passed)")
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import DoraError
+
+    warnings.filterwarnings("ignore", module="transformers")
+    try:
+        return int(args.run(args))
+    except DoraError as exc:
+        print(f"dora-fx: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
