@@ -127,7 +127,9 @@ class FluidNetwork:
         return flow is not None and flow.version == version
 
 
-def arrival_times_s(network: Network, flows: Sequence[tuple[str, str, float, float]]) -> list[float]:
+def arrival_times_s(
+    network: Network, flows: Sequence[tuple[str, str, float, float]]
+) -> list[float]:
     """When each flow ``(src, dst, nbytes, start_s)`` is fully at ``dst``, with all of them
     sharing ``network`` as they overlap in time (no other traffic)."""
     fluid = FluidNetwork(network)

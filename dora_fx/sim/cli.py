@@ -1,0 +1,256 @@
+"""``dora-fx simulate``: simulate a plan on a cluster and write its timeline.
+
+    dora-fx simulate --scenario smart_home --model gpt2 --requests 200 --out sim_out/
+    dora-fx simulate --cluster my.json --problem blocks.json --plan plan.txt --rate 5 --out sim_out/
+
+Writes ``timeline.png`` (Gantt), ``trace.json`` (Chrome trace: open in https://ui.perfetto.dev)
+and ``metrics.json`` (simulated and analytic figures), and prints both.
+
+Wire it into the main CLI with ``add_simulate_parser(subparsers)``; ``python -m dora_fx.sim.cli``
+runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..cost_models.cluster import Cluster
+from ..errors import DoraError, PlanError
+from ..ir import Plan
+from ..problem import Block, Problem
+from ..qoe import QoE
+from .simulator import SimConfig, simulate
+
+__all__ = ["add_simulate_parser", "run_simulate", "main", "problem_to_json", "problem_from_json"]
+
+
+def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``simulate`` subcommand to an ``argparse`` subparsers object."""
+    parser = subparsers.add_parser(
+        "simulate",
+        help="simulate a plan on a cluster: latency p50/p95, throughput, energy, timeline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--scenario",
+        default="smart_home",
+        help="built-in cluster: smart_home, traffic_analytics, edge_cluster (default smart_home)",
+    )
+    where.add_argument("--cluster", type=Path, help="cluster JSON file (Cluster.save)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--model", help="model zoo name (dora_fx.models: gpt2, mobilenetv2, mlp, ...), traced here"
+    )
+    what.add_argument(
+        "--problem", type=Path, help="problem JSON: blocks with numeric costs (see problem_to_json)"
+    )
+    parser.add_argument(
+        "--size",
+        default="small",
+        choices=("small", "full"),
+        help="model zoo size: small (fast) or full (published config); default small",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=8, help="request batch size for --model (default 8)"
+    )
+    parser.add_argument(
+        "--plan",
+        type=Path,
+        help="plan file, text or JSON (Plan.to_text / Plan.dumps); default: the spine's "
+        "FLOP-balanced split over --stages devices",
+    )
+    parser.add_argument(
+        "--stages", type=int, help="stages of the default plan (default: every device)"
+    )
+    parser.add_argument(
+        "--requests", type=int, default=100, help="requests to simulate (default 100)"
+    )
+    parser.add_argument(
+        "--rate", type=float, help="open-loop arrival rate in requests/s (default: closed loop)"
+    )
+    parser.add_argument(
+        "--poisson", action="store_true", help="Poisson arrivals instead of periodic"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the Poisson stream (default 0)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests in flight in the closed loop (default 1)",
+    )
+    parser.add_argument(
+        "--microbatches", type=int, default=1, help="microbatches per request (default 1)"
+    )
+    parser.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="naive blocking sends: a device waits for its outputs to leave",
+    )
+    parser.add_argument(
+        "--source", help="device the requests come from (default: the first stage's)"
+    )
+    parser.add_argument("--sink", help="device the results go to (default: none, they stay)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("sim_out"),
+        help="folder for timeline.png, trace.json, metrics.json (default sim_out)",
+    )
+    parser.add_argument(
+        "--gantt-requests",
+        type=int,
+        default=20,
+        help="requests drawn in the Gantt chart (default 20)",
+    )
+    parser.set_defaults(func=run_simulate)
+    return parser
+
+
+def problem_to_json(problem: Problem) -> dict[str, Any]:
+    """The numeric part of a problem (the cluster and QoE travel in their own files)."""
+    return {
+        "batch": problem.batch,
+        "input_bytes": problem.input_bytes,
+        "blocks": [
+            {
+                "name": b.name,
+                "flops": b.flops,
+                "dense_flops": b.dense,
+                "bytes": b.bytes,
+                "out_bytes": b.out_bytes,
+                "param_bytes": b.param_bytes,
+                "ops": b.ops,
+            }
+            for b in problem.blocks
+        ],
+    }
+
+
+def problem_from_json(data: dict[str, Any], cluster: Cluster, qoe: QoE | None = None) -> Problem:
+    try:
+        blocks = tuple(Block(**b) for b in data["blocks"])
+        batch = int(data.get("batch", 1))
+    except (KeyError, TypeError) as exc:
+        raise PlanError(
+            f"problem JSON must hold 'blocks': a list of objects with flops, bytes, out_bytes "
+            f"(and optionally dense_flops, param_bytes, ops, name): {exc}"
+        ) from None
+    return Problem(
+        blocks, cluster, qoe or QoE(batch=batch), batch, float(data.get("input_bytes", 0.0))
+    )
+
+
+def _cluster(args: argparse.Namespace) -> Cluster:
+    if args.cluster is not None:
+        return Cluster.load(args.cluster)
+    from ..scenarios import SCENARIOS
+
+    if args.scenario not in SCENARIOS:
+        raise PlanError(f"unknown scenario {args.scenario!r}; choose one of {sorted(SCENARIOS)}")
+    return SCENARIOS[args.scenario]()
+
+
+def _problem(args: argparse.Namespace, cluster: Cluster) -> Problem:
+    if args.problem is not None:
+        try:
+            return problem_from_json(json.loads(args.problem.read_text()), cluster)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise PlanError(f"cannot read problem file {args.problem}: {exc}") from None
+    import sympy
+
+    from ..capture import capture
+    from ..models import build
+    from ..passes.annotate_costs import CostSymbols, annotate_costs
+    from ..passes.coarsen import coarsen
+
+    model, example = build(args.model, size=args.size, batch=args.batch)
+    captured = capture(model.eval(), example, {})
+    symbols = CostSymbols.from_names(captured.symbols)
+    scale = None if captured.symbols else symbols.batch / sympy.Integer(captured.example_batch)
+    annotate_costs(captured.gm, symbols, scale)
+    blocks, input_bytes = coarsen(captured.gm, symbols).at(args.batch)
+    return Problem(tuple(blocks), cluster, QoE(batch=args.batch), args.batch, input_bytes)
+
+
+def _plan(args: argparse.Namespace, problem: Problem) -> Plan:
+    if args.plan is None:
+        from ..passes.partition import balanced_flops_plan
+
+        return balanced_flops_plan(problem, args.stages)
+    try:
+        text = args.plan.read_text()
+    except OSError as exc:
+        raise PlanError(f"cannot read plan file {args.plan}: {exc}") from None
+    return Plan.loads(text) if text.lstrip().startswith("{") else Plan.from_text(text)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    """Run the ``simulate`` subcommand; returns the exit status."""
+    from ..evaluate import evaluate
+
+    cluster = _cluster(args)
+    problem = _problem(args, cluster)
+    plan = _plan(args, problem)
+    config = SimConfig(
+        requests=args.requests,
+        request_rate_rps=args.rate,
+        arrivals="poisson" if args.poisson else "periodic",
+        concurrency=args.concurrency,
+        microbatches=args.microbatches,
+        overlap=not args.no_overlap,
+        source=args.source,
+        sink=args.sink,
+        seed=args.seed,
+    )
+    result = simulate(plan, problem, config)
+    metrics = evaluate(
+        plan,
+        problem,
+        microbatches=args.microbatches,
+        request_rate_rps=args.rate,
+        source=args.source,
+        sink=args.sink,
+    )
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    gantt = result.write_gantt_png(out / "timeline.png", args.gantt_requests)
+    trace = result.write_chrome_trace(out / "trace.json")
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {"plan": plan.to_json(), "simulated": result.to_json(), "analytic": metrics.to_json()},
+            indent=2,
+        )
+    )
+    print(plan.to_text())
+    print(result.summary())
+    print(
+        f"analytic: latency {metrics.latency_s * 1e3:.3f} ms (one request, idle cluster), capacity "
+        f"{metrics.throughput_rps:.4g} req/s (bottleneck {metrics.bottleneck}), "
+        f"energy {metrics.energy_j:.4g} J/request"
+    )
+    print(f"wrote {gantt}, {trace}, {out / 'metrics.json'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dora-fx")
+    add_simulate_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["simulate", *(argv if argv is not None else sys.argv[1:])])
+    try:
+        return int(args.func(args))
+    except DoraError as exc:
+        print(f"dora-fx simulate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
