@@ -121,38 +121,49 @@ def _export(
     seq_dim: int | None,
     dynamic: bool,
 ) -> ExportedProgram:
+    """Export with the most dynamic dims the model allows: (batch, seq), then batch, then none."""
     tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     batch = tensors[0].shape[0] if tensors[0].dim() else 1
+    attempts: list[tuple[str, ...]] = []
     # export specializes dims of size 0/1, so a batch of 1 cannot be made dynamic.
     if dynamic and batch >= 2 and all(t.dim() and t.shape[0] == batch for t in tensors):
-        shapes = torch.export.ShapesCollection()
-        batch_dim = torch.export.Dim(BATCH)
-        seq = torch.export.Dim(SEQ) if seq_dim is not None else None
-        for t in tensors:
-            spec: dict[int, Any] = {0: batch_dim}
-            if seq is not None and seq_dim is not None and t.dim() > seq_dim:
-                spec[seq_dim] = seq
-            shapes[t] = spec
-        try:
-            return torch.export.export(
-                model, args, kwargs, dynamic_shapes=shapes.dynamic_shapes(model, args, kwargs),
-                strict=False,
-            )
-        except Exception as exc:  # noqa: BLE001
-            if "Constraint" not in type(exc).__name__ and "specializ" not in str(exc):
-                raise
-            warnings.warn(
-                f"the model specializes its batch/seq size ({str(exc).splitlines()[0][:200]}); "
-                "capturing with static shapes",
-                stacklevel=4,
-            )
+        attempts = [(BATCH, SEQ), (BATCH,)] if seq_dim is not None else [(BATCH,)]
     elif dynamic:
         warnings.warn(
             "example batch is 1 (or inputs disagree on dim 0): capturing with a static batch; "
             "give an example batch of at least 2 for batch-symbolic costs",
             stacklevel=4,
         )
+    for names in attempts:
+        shapes = _dynamic_shapes(tensors, names, seq_dim)
+        try:
+            return torch.export.export(
+                model, args, kwargs, dynamic_shapes=shapes.dynamic_shapes(model, args, kwargs),
+                strict=False,
+            )
+        except Exception as exc:  # noqa: BLE001
+            text = str(exc)
+            if "Constraints violated" not in text and "specializ" not in text:
+                raise
+            warnings.warn(
+                f"the model specializes its {'/'.join(names)} size "
+                f"({text.splitlines()[0][:160]}); trying fewer dynamic dims",
+                stacklevel=4,
+            )
     return torch.export.export(model, args, kwargs, strict=False)
+
+
+def _dynamic_shapes(
+    tensors: list[torch.Tensor], names: tuple[str, ...], seq_dim: int | None
+) -> torch.export.ShapesCollection:
+    shapes = torch.export.ShapesCollection()
+    dims = {name: torch.export.Dim(name) for name in names}
+    for t in tensors:
+        spec: dict[int, Any] = {0: dims[BATCH]}
+        if SEQ in dims and seq_dim is not None and t.dim() > seq_dim:
+            spec[seq_dim] = dims[SEQ]
+        shapes[t] = spec
+    return shapes
 
 
 def _from_exported(ep: ExportedProgram, args: tuple[Any, ...]) -> Captured:

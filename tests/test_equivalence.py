@@ -73,3 +73,21 @@ def test_tied_weights_survive_save_and_load(tmp_path):
     loaded = dora_fx.load(compiled.save(tmp_path / "gpt2"))
     with torch.no_grad():
         torch.testing.assert_close(loaded(*inputs), model(*inputs))
+
+
+def test_sequence_dim_stays_symbolic_when_named():
+    model, (tokens,) = build("gpt2")
+    compiled = dora_fx.compile(model, CLUSTER, example_inputs=(tokens,), seq_dim=1, num_stages=3)
+    assert sorted(compiled.state.captured.symbols.values()) == ["batch", "seq"]
+    shorter = tokens[:, :9]
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(shorter), model(shorter))
+    head = compiled.state.chain.blocks[-1].flops
+    assert {s.name for s in head.free_symbols} == {"batch", "seq"}
+
+
+def test_a_model_that_fixes_its_sequence_falls_back_to_batch_only():
+    model, (tokens,) = build("bert")
+    with pytest.warns(UserWarning, match="specializes its batch/seq size"):
+        compiled = dora_fx.compile(model, CLUSTER, example_inputs=(tokens,), seq_dim=1)
+    assert list(compiled.state.captured.symbols.values()) == ["batch"]
