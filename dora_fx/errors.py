@@ -15,6 +15,7 @@ __all__ = [
     "VerificationError",
     "InputError",
     "ProfileError",
+    "RankFailedError",
 ]
 
 
@@ -61,3 +62,8 @@ class InputError(DoraError, TypeError):
 class ProfileError(DoraError, ValueError):
     """A device profile JSON (from calibration, or written by hand) that is missing fields or holds
     values a device cannot have."""
+
+
+class RankFailedError(DoraError, RuntimeError):
+    """A rank of a distributed run died, hung or failed; the message names the rank, its stage
+    and device, and what to do."""

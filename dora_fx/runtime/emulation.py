@@ -1,0 +1,316 @@
+"""Device and network emulation, so a heterogeneous cluster can be tried on one machine.
+
+Everything runs *dilated*: one emulated second lasts ``time_scale`` wall seconds, so devices
+faster than the host can be emulated too (a rank can only slow its compute down). Metrics are
+divided by ``time_scale`` to report device time.
+
+Compute: a rank counts the FLOPs and bytes of every ATen op of its stage once (``CostRecorder``)
+and prices them with the roofline (``Device.node_time_s``) on its device and on the calibrated
+host. A compute segment that took ``c`` CPU seconds of the rank's thread then lasts
+
+    c * device_time / host_time * time_scale            wall seconds,
+
+padded with sleep (``ComputeStretch``). CPU time, not wall time, is scaled, so ranks that share
+the host's cores do not inflate each other's compute.
+
+Network: a transfer of ``b`` bytes from device ``u`` to device ``v`` occupies the resources of
+``Network.path(u, v)`` (a Wi-Fi medium's airtime, or switch port directions) for ``8 b / rate``
+seconds each, then arrives ``path_latency_s`` later. Resources live in a ``MediumLedger``: a
+small memory-mapped file every rank on the host shares, locked with ``flock``, holding for each
+resource the time it is reserved until and by which flow. Flows reserve chunk by chunk, each
+chunk only shortly before the previous one ends, so two flows on one medium interleave chunks
+and each gets about half; when another flow holds the medium, a chunk costs
+``1 / contention_efficiency`` times more airtime (CSMA/CA collisions and back-off). The tensor
+itself moves with torch.distributed P2P once its emulated transfer has ended (``LinkShaper``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..cost_models.device import Device
+from ..cost_models.network import Network
+from ..passes.op_costs import dense_flops, is_view, op_name, other_flops
+
+__all__ = [
+    "OpCost",
+    "CostRecorder",
+    "stage_time_s",
+    "needed_time_scale",
+    "ComputeStretch",
+    "MediumLedger",
+    "LinkShaper",
+    "resource_keys",
+]
+
+_SDPA = torch.ops.aten.scaled_dot_product_attention.default
+_COMM_OPS = {"send", "recv"}
+
+
+@dataclass(frozen=True)
+class OpCost:
+    op_class: str  # "dense" or "other" (views are not recorded: they are free)
+    flops: float
+    bytes_moved: float
+
+
+class CostRecorder(TorchDispatchMode):
+    """Records the cost of every ATen op a forward executes, with the project's formulas
+    (``passes.op_costs``) evaluated on the real tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[OpCost] = []
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = op_name(func)
+        if name not in _COMM_OPS and not is_view(name):
+            self.ops.append(_op_cost(func, name, args, kwargs, out))
+        return out
+
+
+def _op_cost(
+    func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+) -> OpCost:
+    moved = float(sum(_nbytes(v) for v in pytree.tree_leaves((args, kwargs, out))))
+    try:
+        if name.startswith("_scaled_dot_product"):  # the CPU kernel under sdpa
+            flops = dense_flops(_SDPA, tuple(args[:3]), {}, out[0])
+        else:
+            flops = dense_flops(func, args, kwargs, out)
+        if flops is not None:
+            return OpCost("dense", float(flops), moved)
+        other = other_flops(name, args, out)
+    except Exception:  # noqa: BLE001 - an op whose formula does not fit: price its bytes only
+        other = None
+    return OpCost("other", float(other or 0), moved)
+
+
+def _nbytes(value: Any) -> int:
+    return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+
+def stage_time_s(device: Device, ops: Sequence[OpCost]) -> float:
+    """Roofline time of a recorded forward on ``device`` (sum of its op times)."""
+    return sum(device.node_time_s(op.flops, op.bytes_moved, op.op_class) for op in ops)
+
+
+def needed_time_scale(device: Device, host: Device, ops: Sequence[OpCost]) -> float:
+    """The smallest dilation at which the host can emulate ``device`` on these ops."""
+    device_s, host_s = stage_time_s(device, ops), stage_time_s(host, ops)
+    return host_s / device_s if device_s > 0 else 1.0
+
+
+class ComputeStretch:
+    """Pads compute segments to ``factor`` times their CPU time (see the module docstring).
+
+    ``resume()`` opens a segment, ``settle()`` closes it: it sleeps until the emulated end and
+    returns the segment's emulated wall duration. With ``factor=None`` nothing is padded and a
+    segment lasts what it lasted.
+    """
+
+    def __init__(self, factor: float | None) -> None:
+        self.factor = factor
+        self.busy_wall_s = 0.0
+        self.overrun_wall_s = 0.0  # compute that took longer in wall time than emulated
+        self._wall0 = time.monotonic()
+        self._cpu0 = time.thread_time()
+
+    def resume(self) -> None:
+        self._wall0, self._cpu0 = time.monotonic(), time.thread_time()
+
+    def settle(self) -> float:
+        now = time.monotonic()
+        if self.factor is None:
+            elapsed = now - self._wall0
+        else:
+            target = self._wall0 + (time.thread_time() - self._cpu0) * self.factor
+            if target > now:
+                _sleep_until(target)
+            else:
+                self.overrun_wall_s += now - target
+            elapsed = max(target, now) - self._wall0
+        self.busy_wall_s += elapsed
+        self.resume()
+        return elapsed
+
+
+def _sleep_until(deadline: float) -> None:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(left)
+
+
+def resource_keys(network: Network, devices: Sequence[str]) -> list[str]:
+    """Every resource a flow between ``devices`` can use, in a fixed order (ledger slots)."""
+    keys: set[str] = set()
+    for src in devices:
+        for dst in devices:
+            keys.update(_key(resource) for resource, _ in network.path(src, dst))
+    return sorted(keys)
+
+
+def _key(resource: tuple[str, str]) -> str:
+    return f"{resource[0]}:{resource[1]}"
+
+
+class MediumLedger:
+    """Reservations of network resources, shared by every process on the host through one
+    memory-mapped file: per resource, the time (``time.monotonic``, system-wide on Linux) it is
+    reserved until and the flow that holds it."""
+
+    def __init__(self, path: str | Path, keys: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.slot = {key: i for i, key in enumerate(keys)}
+        size = max(len(keys), 1) * 2 * 8
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._fd).st_size < size:
+            os.ftruncate(self._fd, size)
+        self._map = mmap.mmap(self._fd, size)
+        self._table = np.ndarray((max(len(keys), 1), 2), dtype=np.float64, buffer=self._map)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[np.ndarray]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield self._table
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def reserve(
+        self, hops: Sequence[tuple[str, float, float]], bits: float, not_before: float, flow: int
+    ) -> float:
+        """Reserve ``bits`` on every hop ``(key, wall seconds per bit, contention efficiency)``
+        from the earliest time all are free (and not before ``not_before``); returns the end."""
+        with self._locked() as table:
+            slots = [(self.slot[key], cost, eff) for key, cost, eff in hops]
+            start = max([not_before, *(table[i, 0] for i, _, _ in slots)])
+            end = start
+            for i, cost, eff in slots:
+                contended = table[i, 1] != flow and table[i, 0] > not_before
+                duration = bits * cost / (eff if contended else 1.0)
+                table[i, 0], table[i, 1] = start + duration, flow
+                end = max(end, start + duration)
+        return float(end)
+
+    def close(self) -> None:
+        # numpy holds a buffer export on the map; drop it before closing the map
+        del self._table
+        self._map.close()
+        os.close(self._fd)
+
+
+@dataclass
+class _Job:
+    src_device: str
+    dst_device: str
+    nbytes: int
+    sent_at: float
+    shaped: bool
+    action: Callable[[], None]
+
+
+class LinkShaper:
+    """One thread per destination rank delays each transfer to its emulated arrival, then runs
+    its action (the real torch.distributed send). Transfers to one destination stay in order."""
+
+    CHUNK_WALL_S = 0.002  # airtime of one reservation: short enough for flows to interleave
+
+    def __init__(
+        self, network: Network, ledger: MediumLedger, time_scale: float, rank: int
+    ) -> None:
+        self.network, self.ledger, self.time_scale, self.rank = network, ledger, time_scale, rank
+        self._queues: dict[int, queue.Queue[_Job | None]] = {}
+        self._threads: list[threading.Thread] = []
+        self.error: BaseException | None = None
+
+    def submit(
+        self,
+        dst_rank: int,
+        src_device: str,
+        dst_device: str,
+        nbytes: int,
+        action: Callable[[], None],
+        shaped: bool = True,
+    ) -> None:
+        if self.error is not None:
+            raise self.error
+        if dst_rank not in self._queues:
+            self._queues[dst_rank] = queue.Queue()
+            thread = threading.Thread(
+                target=self._serve, args=(dst_rank,), name=f"dora-link-{dst_rank}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        job = _Job(src_device, dst_device, nbytes, time.monotonic(), shaped, action)
+        self._queues[dst_rank].put(job)
+
+    def _serve(self, dst_rank: int) -> None:
+        flow = self.rank * 65536 + dst_rank + 1
+        jobs = self._queues[dst_rank]
+        while (job := jobs.get()) is not None:
+            try:
+                if job.shaped and job.src_device != job.dst_device:
+                    _sleep_until(self._transfer_end(job, flow))
+                job.action()
+            except BaseException as exc:  # noqa: BLE001 - handed to the rank's main thread
+                self.error = exc
+                return
+
+    def _transfer_end(self, job: _Job, flow: int) -> float:
+        hops = [
+            (
+                _key(resource),
+                seconds_per_bit * self.time_scale,
+                self.network.capacity(resource, 2),
+            )
+            for resource, seconds_per_bit in self.network.path(job.src_device, job.dst_device)
+        ]
+        bits_left = 8.0 * job.nbytes
+        slowest = max(cost for _, cost, _ in hops)
+        chunk_bits = max(self.CHUNK_WALL_S / slowest, 8192.0)
+        end = job.sent_at
+        while bits_left > 0:
+            chunk = min(chunk_bits, bits_left)
+            # reserve the next chunk only just before this one ends, so that other flows
+            # on the medium can slot theirs in between
+            _sleep_until(end - 0.5 * chunk * slowest)
+            end = self.ledger.reserve(hops, chunk, end, flow)
+            bits_left -= chunk
+        latency_s = self.network.path_latency_s(job.src_device, job.dst_device)
+        return end + latency_s * self.time_scale
+
+    def close(self, timeout_s: float) -> None:
+        """Let queued transfers finish; raise what a shaper thread raised."""
+        for jobs in self._queues.values():
+            jobs.put(None)
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        if self.error is not None:
+            raise self.error
