@@ -1,0 +1,150 @@
+"""Cost-model benchmark: calibrate this host, check its predictions, time the simulator.
+
+1. Calibration: measure matmul, conv, elementwise ops, copies and per-op overhead; fit the
+   host's roofline (dora_fx.cost_models.calibrate); print predicted vs measured per
+   microbenchmark and the median error per op class.
+2. Whole models on the host, batch 8: predicted time of one forward pass (sum of the node
+   rooflines of the captured graph with the calibrated host device) vs measured eager time
+   (fastest of several runs), for GPT-2 small (12 layers, 768 wide, 128 tokens) and
+   MobileNetV2 (1.0, 224x224).
+3. Simulator speed: 10,000 requests through a 6-stage plan of GPT-2 small's blocks on
+   edge_cluster(6), open loop at 80% of capacity, timeline recorded.
+
+The last line is one JSON object: gpt2_error and mobilenetv2_error (|predicted - measured| /
+measured), sim_10k_requests_s, and the details.
+
+    python benchmarks/bench_costmodel.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from dora_fx import models
+from dora_fx.cost_models.calibrate import (
+    annotated_graph,
+    fit_device,
+    measure_host,
+    predict_graph_s,
+    time_call_s,
+)
+from dora_fx.evaluate import evaluate
+from dora_fx.ir import Plan, Stage
+from dora_fx.passes.coarsen import coarsen
+from dora_fx.problem import Problem
+from dora_fx.scenarios import edge_cluster
+from dora_fx.sim import SimConfig, simulate
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    return "\n".join(out)
+
+
+def _six_stage_plan(n_blocks: int) -> Plan:
+    bounds = [round(i * n_blocks / 6) for i in range(7)]
+    return Plan("six-even", tuple(Stage(i, bounds[i], bounds[i + 1], (f"jetson{i}",)) for i in range(6)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    repeats = 3 if args.quick else 7
+
+    # 1. calibration --------------------------------------------------------------------------
+    start = time.perf_counter()
+    rows = measure_host(repeats=repeats, quick=args.quick)
+    host = fit_device(rows)
+    calibrate_s = time.perf_counter() - start
+    print(f"host: {torch.get_num_threads()} threads, calibrated in {calibrate_s:.1f} s")
+    print(
+        f"fitted roofline: dense {host.dense_flops_per_s / 1e9:.1f} GFLOP/s, other "
+        f"{host.effective_other_flops_per_s / 1e9:.2f} GFLOP/s, memory "
+        f"{host.memory_bandwidth_bytes_per_s / 1e9:.2f} GB/s, overhead {host.op_overhead_s * 1e6:.2f} us/op\n"
+    )
+    table, errors = [], {}
+    for r in rows:
+        predicted = r.predicted_s(host)
+        err = abs(predicted - r.measured_s) / r.measured_s
+        errors.setdefault(r.op_class, []).append(err)
+        table.append([r.name, r.op_class, f"{r.measured_s * 1e3:.4f}", f"{predicted * 1e3:.4f}", f"{err:.1%}"])
+    print(_table(["microbenchmark", "class", "measured ms", "predicted ms", "error"], table))
+    class_errors = {k: statistics.median(v) for k, v in errors.items()}
+    print("\nmedian error per op class: " + ", ".join(f"{k} {v:.1%}" for k, v in class_errors.items()))
+
+    # 2. whole models --------------------------------------------------------------------------
+    results, problems = {}, {}
+    for name in ("gpt2", "mobilenetv2"):
+        model, example = models.build(name, size="full", batch=8)
+        model.eval()
+        gm, symbols, batch = annotated_graph(model, example)
+        by_class = predict_graph_s(gm, symbols, host, batch)
+        predicted = sum(by_class.values())
+        with torch.no_grad():
+            measured = time_call_s(lambda model=model, example=example: model(*example),
+                                   repeats=2 if args.quick else 5, min_time_s=0.0)
+        results[name] = {
+            "predicted_s": predicted,
+            "measured_s": measured,
+            "error": abs(predicted - measured) / measured,
+            "predicted_dense_s": by_class["dense"],
+            "predicted_other_s": by_class["other"],
+        }
+        if name == "gpt2":
+            blocks, input_bytes = coarsen(gm, symbols).at(8)
+            problems[name] = (blocks, input_bytes)
+        del model, gm
+    print()
+    print(_table(
+        ["model (batch 8)", "measured s", "predicted s", "dense s", "other s", "error"],
+        [[n, f"{r['measured_s']:.4f}", f"{r['predicted_s']:.4f}", f"{r['predicted_dense_s']:.4f}",
+          f"{r['predicted_other_s']:.4f}", f"{r['error']:.1%}"] for n, r in results.items()],
+    ))
+
+    # 3. simulator speed -----------------------------------------------------------------------
+    blocks, input_bytes = problems["gpt2"]
+    problem = Problem(tuple(blocks), edge_cluster(6), batch=8, input_bytes=input_bytes)
+    plan = _six_stage_plan(len(blocks))
+    capacity = evaluate(plan, problem).throughput_rps
+    config = SimConfig(requests=10_000, request_rate_rps=0.8 * capacity)
+    timings = []
+    for _ in range(1 if args.quick else 3):
+        start = time.perf_counter()
+        result = simulate(plan, problem, config)
+        timings.append(time.perf_counter() - start)
+    sim_s = min(timings)
+    print(
+        f"\nsimulator: 10,000 requests, 6 stages ({len(blocks)} GPT-2 blocks on edge_cluster(6)), "
+        f"{len(result.compute_events)} computes + {len(result.flow_events)} transfers recorded: "
+        f"{sim_s:.3f} s (best of {len(timings)}); p50 {result.latency_p50_s * 1e3:.1f} ms, "
+        f"throughput {result.throughput_rps:.3f} req/s vs capacity {capacity:.3f}"
+    )
+
+    print(json.dumps({
+        "gpt2_error": results["gpt2"]["error"],
+        "mobilenetv2_error": results["mobilenetv2"]["error"],
+        "sim_10k_requests_s": sim_s,
+        "gpt2_predicted_s": results["gpt2"]["predicted_s"],
+        "gpt2_measured_s": results["gpt2"]["measured_s"],
+        "mobilenetv2_predicted_s": results["mobilenetv2"]["predicted_s"],
+        "mobilenetv2_measured_s": results["mobilenetv2"]["measured_s"],
+        "op_class_median_error": class_errors,
+        "host_dense_flops_per_s": host.dense_flops_per_s,
+        "host_memory_bandwidth_bytes_per_s": host.memory_bandwidth_bytes_per_s,
+        "host_op_overhead_s": host.op_overhead_s,
+        "calibrate_s": calibrate_s,
+    }))
+
+
+if __name__ == "__main__":
+    main()
