@@ -5,11 +5,11 @@ import torch
 
 from dora_fx.cost_models.calibrate import (
     Measurement,
+    annotated_graph,
     calibrate,
     fit_device,
     predict_forward_s,
     predict_graph_s,
-    annotated_graph,
 )
 from dora_fx.cost_models.device import Device
 from dora_fx.models import MLP
