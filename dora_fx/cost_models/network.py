@@ -329,6 +329,15 @@ class Network:
             links=tuple(Link.from_json(lk) for lk in data.get("links", ())),
         )
 
+    def __str__(self) -> str:
+        if not self.links:
+            return (
+                f"{self.name}: a private {self.bandwidth_bps / 1e6:g} Mb/s link per device, "
+                f"{self.latency_s * 1e3:g} ms latency"
+            )
+        media = ", ".join(f"{m.name} ({m.kind})" for m in self.media)
+        return f"{self.name}: {len(self.links)} links on {media}"
+
     def describe(self) -> list[str]:
         lines = [f"network {self.name}"]
         used = {link.medium for link in self.links}
