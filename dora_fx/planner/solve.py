@@ -1,0 +1,282 @@
+"""``solve(problem) -> PlanSet``: the QoE-aware, heterogeneity-aware partitioner.
+
+1. **space and tables** — device classes, group types, every stage option's and transfer's
+   cost terms (``tables``), exact with respect to ``evaluate`` for one microbatch.
+2. **exact MILP** (``formulation``, HiGHS) when the model is small enough to solve in the
+   budget: one solve per objective gives an optimal plan and HiGHS's dual bound; a few
+   epsilon-constraint solves add trade-off plans. The LP relaxation is the bound on failure.
+3. **otherwise, DP search** (``search``): dynamic programs over (cut, devices used, last group)
+   give the bounds (relaxations: terms dropped, constraints dualized) and candidate plans.
+4. **refine** every candidate by local moves; score all with ``evaluate``; keep the compliant
+   ones; the Pareto set over (latency, throughput, energy), at most ``max_plans``, best for
+   the objective first; each plan's gap to the objective's bound.
+5. No compliant plan: ``InfeasibleQoEError`` with the best achievable value of each QoE
+   dimension and the constraint(s) that bind.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from ..errors import InfeasibleQoEError
+from ..evaluate import Metrics, evaluate
+from ..ir import Plan
+from ..problem import Problem
+from ..qoe import QoE
+from .dp import Dense, Stages, dense
+from .formulation import OBJECTIVES, build_formulation, solve_highs
+from .plan_set import PlanSet, objective_value
+from .search import DpSearch, meets, refine
+from .space import PlanSpace, make_plan, plan_space
+from .tables import Tables, build_tables
+
+__all__ = ["solve", "EXACT_COLUMNS"]
+
+# Above this many MILP columns (options + transitions) the DP search replaces the MILP.
+EXACT_COLUMNS = 6000
+
+
+def solve(
+    problem: Problem,
+    *,
+    max_plans: int = 8,
+    exact: bool | None = None,
+    max_group_size: int | None = None,
+    time_limit_s: float = 10.0,
+) -> PlanSet:
+    """A compact Pareto set of QoE-compliant plans for ``problem`` (see the module docstring).
+
+    ``exact``: force (True) or forbid (False) the MILP; None chooses by model size.
+    """
+    start = time.perf_counter()
+    qoe = problem.qoe
+    space = plan_space(problem, max_group_size)
+    tables = build_tables(problem, space)
+    d = dense(tables)
+    if not tables.memory_ok_any:
+        raise _infeasible(problem, space, tables, d, memory=True)
+    columns = tables.options.group.size + sum(
+        1 for _ in tables.moves
+    ) * max(tables.n_blocks - 1, 0)
+    use_milp = exact if exact is not None else columns <= EXACT_COLUMNS
+    if use_milp:
+        candidates, bounds, method = _milp_candidates(tables, qoe, time_limit_s)
+    else:
+        candidates, bounds, method = _dp_candidates(d, tables, qoe)
+    refined = [
+        refine(d, c, qoe, tables.contention, o) for c in _shortlist(d, tables, candidates, qoe) for o in OBJECTIVES
+    ]
+    scored = _score(problem, space, candidates + refined)
+    compliant = [(p, m) for p, m in scored if m.memory_ok and _meets(m, qoe)]
+    if not compliant:
+        raise _infeasible(problem, space, tables, d)
+    objective = qoe.objective
+    bound = bounds.get(objective, 0.0)
+    chosen = _pareto(compliant, objective, max_plans)
+    plans, metrics = [], []
+    for i, (plan, m) in enumerate(chosen):
+        value = objective_value(m, objective)
+        gap = _gap(value, bound)
+        name = f"dora-{objective}" if i == 0 else f"dora-{i}"
+        plans.append(replace(plan, name=name, gap=gap, predicted=_predicted(m)))
+        metrics.append(m)
+    return PlanSet(
+        plans=tuple(plans),
+        metrics=tuple(metrics),
+        qoe=qoe,
+        objective=objective,
+        bound=bound,
+        bounds=bounds,
+        method=method,
+        solve_s=time.perf_counter() - start,
+    )
+
+
+def _gap(value: float, bound: float) -> float:
+    if bound <= 0 or not math.isfinite(bound):
+        return 0.0 if value <= 0 else math.inf
+    return max(value / bound - 1.0, 0.0)
+
+
+def _predicted(m: Metrics) -> dict[str, float]:
+    return {"latency_s": m.latency_s, "throughput_rps": m.throughput_rps, "energy_j": m.energy_j}
+
+
+def _meets(m: Metrics, qoe: QoE, rel_tol: float = 1e-9) -> bool:
+    if qoe.latency_s is not None and m.latency_s > qoe.latency_s * (1 + rel_tol):
+        return False
+    if qoe.throughput_rps is not None and m.throughput_rps < qoe.throughput_rps * (1 - rel_tol):
+        return False
+    return not (qoe.energy_j is not None and m.energy_j > qoe.energy_j * (1 + rel_tol))
+
+
+def _decode(tables: Tables, form_index: np.ndarray, x: np.ndarray, n_z: int) -> Stages:
+    opts = tables.options
+    chosen = form_index[np.nonzero(x[:n_z] > 0.5)[0]]
+    return sorted(
+        (int(opts.start[i]), int(opts.stop[i]), int(opts.group[i])) for i in chosen
+    )
+
+
+def _milp_candidates(
+    tables: Tables, qoe: QoE, time_limit_s: float
+) -> tuple[list[Stages], dict[str, float], str]:
+    """One MILP per objective, then epsilon-constraint points between the objective's optimum
+    and the best of each other dimension."""
+    candidates: list[Stages] = []
+    bounds: dict[str, float] = {}
+    best: dict[str, float] = {}
+    objective = qoe.objective
+    order = [objective] + [o for o in OBJECTIVES if o != objective]
+    for o in order:
+        form = build_formulation(tables, qoe, o)
+        result = solve_highs(form, time_limit_s=time_limit_s)
+        if result.status == "infeasible":
+            return [], {objective: math.inf}, "milp"
+        if result.x is None:
+            lp = solve_highs(form, integral=False, time_limit_s=time_limit_s)
+            bounds[o] = lp.bound
+            continue
+        bounds[o] = result.bound
+        best[o] = result.objective
+        candidates.append(_decode(tables, form.option_index, result.x, form.n_z))
+    # Trade-offs: the objective's optimum under tighter latency or energy limits.
+    if candidates and objective != "throughput":
+        other = "energy" if objective == "latency" else "latency"
+        low = best.get(other)
+        first = candidates[0]
+        high = _path_value(tables, first, qoe, other)
+        if low is not None and high > low * 1.001:
+            for frac in (0.33, 0.67):
+                level = low + frac * (high - low)
+                kwargs = {"extra_energy_j" if other == "energy" else "extra_latency_s": level}
+                form = build_formulation(tables, qoe, objective, **kwargs)
+                result = solve_highs(form, time_limit_s=time_limit_s / 4)
+                if result.x is not None:
+                    candidates.append(_decode(tables, form.option_index, result.x, form.n_z))
+    return candidates, bounds, "milp"
+
+
+def _path_value(tables: Tables, stages: Stages, qoe: QoE, objective: str) -> float:
+    from .measure import measure_path
+
+    return measure_path(dense(tables), stages, qoe, tables.contention).value(objective)
+
+
+def _dp_candidates(d: Dense, tables: Tables, qoe: QoE) -> tuple[list[Stages], dict[str, float], str]:
+    search = DpSearch(d, qoe, tables.contention)
+    bounds = {"latency": search.latency(), "throughput": search.bottleneck()}
+    multipliers = (0.0,) if qoe.latency_s is None else (0.0, 1.0, 10.0, 100.0)
+    bounds["energy"] = search.energy(multipliers)
+    search.sweep((0.01, 0.1, 1.0))
+    return search.candidates, bounds, "dp"
+
+
+def _shortlist(d: Dense, tables: Tables, candidates: list[Stages], qoe: QoE, keep: int = 6) -> list[Stages]:
+    """The best few candidates per objective (refining all of them would cost too much)."""
+    from .measure import measure_path
+
+    unique = list({tuple(c): c for c in candidates}.values())
+    metrics = [measure_path(d, c, qoe, tables.contention) for c in unique]
+    picked: dict[tuple[tuple[int, int, int], ...], Stages] = {}
+    for o in OBJECTIVES:
+        order = sorted(
+            range(len(unique)),
+            key=lambda i: (not meets(metrics[i], qoe), metrics[i].value(o)),
+        )
+        for i in order[:keep]:
+            picked[tuple(unique[i])] = unique[i]
+    return list(picked.values())
+
+
+def _score(problem: Problem, space: PlanSpace, candidates: list[Stages]) -> list[tuple[Plan, Metrics]]:
+    unique = {tuple(c): c for c in candidates}
+    scored = []
+    for stages in unique.values():
+        plan = make_plan("candidate", problem, space, [(a, b, space.groups[g]) for a, b, g in stages])
+        scored.append((plan, evaluate(plan, problem)))
+    return scored
+
+
+def _pareto(
+    compliant: list[tuple[Plan, Metrics]], objective: str, max_plans: int
+) -> list[tuple[Plan, Metrics]]:
+    """Non-dominated plans over (latency, 1/throughput, energy); best objective first, then
+    spread: the rest picked greedily farthest (in log space) from those already kept."""
+
+    def key(m: Metrics) -> tuple[float, float, float]:
+        return (m.latency_s, objective_value(m, "throughput"), m.energy_j)
+
+    ranked = sorted(compliant, key=lambda pm: (objective_value(pm[1], objective), key(pm[1])))
+    front: list[tuple[Plan, Metrics]] = []
+    for plan, m in ranked:
+        k = key(m)
+        if any(all(a <= b * (1 + 1e-9) for a, b in zip(key(fm), k)) for _, fm in front):
+            continue
+        front.append((plan, m))
+    chosen = front[:1]
+    rest = front[1:]
+    while rest and len(chosen) < max_plans:
+        def distance(pm: tuple[Plan, Metrics]) -> float:
+            k = np.log(np.maximum(np.array(key(pm[1])), 1e-12))
+            return min(
+                float(np.abs(k - np.log(np.maximum(np.array(key(c[1])), 1e-12))).sum())
+                for c in chosen
+            )
+
+        far = max(rest, key=distance)
+        chosen.append(far)
+        rest.remove(far)
+    return chosen
+
+
+def _infeasible(
+    problem: Problem,
+    space: PlanSpace,
+    tables: Tables,
+    d: Dense,
+    memory: bool = False,
+) -> InfeasibleQoEError:
+    """Say what each QoE dimension can reach at best and which constraint binds."""
+    qoe = problem.qoe
+    if memory:
+        sizes = {dev.name: dev.memory_bytes for dev in problem.cluster.devices}
+        weights = sum(b.param_bytes for b in problem.blocks)
+        return InfeasibleQoEError(
+            f"no stage fits in memory: the model holds {weights / 2**20:.1f} MiB of weights and the "
+            f"devices have {', '.join(f'{k}={v / 2**20:.0f} MiB' for k, v in sizes.items())}; "
+            "the memory constraint binds: add devices or lower the batch"
+        )
+    free = QoE(objective=qoe.objective, batch=qoe.batch, request_rate_rps=qoe.request_rate_rps)
+    search = DpSearch(d, free, tables.contention)
+    search.latency()
+    search.bottleneck()
+    search.energy()
+    scored = [m for _, m in _score(problem, space, search.candidates) if m.memory_ok]
+    best_latency = min(m.latency_s for m in scored)
+    best_throughput = max(m.throughput_rps for m in scored)
+    best_energy = min(m.energy_j for m in scored)
+    binding = []
+    if qoe.latency_ms is not None and best_latency > qoe.latency_s * (1 + 1e-9):  # type: ignore[operator]
+        binding.append(f"latency <= {qoe.latency_ms:g} ms (best achievable {1e3 * best_latency:.3f} ms)")
+    if qoe.throughput_rps is not None and best_throughput < qoe.throughput_rps * (1 - 1e-9):
+        binding.append(
+            f"throughput >= {qoe.throughput_rps:g} rps (best achievable {best_throughput:.3f} rps)"
+        )
+    if qoe.energy_j is not None and best_energy > qoe.energy_j * (1 + 1e-9):
+        binding.append(f"energy <= {qoe.energy_j:g} J (best achievable {best_energy:.4g} J)")
+    if not binding:
+        binding.append(
+            "the combination: each target is reachable alone but no plan meets all of them "
+            f"({qoe}); relax one of them"
+        )
+    return InfeasibleQoEError(
+        f"no plan meets {qoe} on cluster {problem.cluster.name!r}. Best achievable alone: latency "
+        f"{1e3 * best_latency:.3f} ms, throughput {best_throughput:.3f} rps, energy "
+        f"{best_energy:.4g} J per request. Binding: {'; '.join(binding)}. Relax the binding "
+        "target, add devices, or lower the batch."
+    )
