@@ -485,6 +485,7 @@ class RunConfig:
         return cls(**data)
 
 
+STARTUP_TIMEOUT_S = 60.0
 EMULATION_MARGIN = 1.5  # headroom over the smallest feasible time scale (host noise)
 
 
@@ -498,15 +499,15 @@ def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | 
     me = wiring.table[rank]
     device = torch.device(config.device)
     module = stage.module.to(device)
-    timeout = timedelta(seconds=config.timeout_s)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timeout)
-    control = dist.new_group(backend="gloo", timeout=timeout)
+    # Ranks start at different times (imports, loading weights): rendezvous and collectives
+    # get room for that; P2P waits use the run's timeout_s.
+    startup = timedelta(seconds=max(config.timeout_s, STARTUP_TIMEOUT_S))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=startup)
+    control = dist.new_group(backend="gloo", timeout=startup)
     transport = DistTransport(me, wiring, config.timeout_s, device)
     driver = _Driver(config, me, wiring, module, transport, control)
-    try:
-        result = driver.run(manifest)
-    finally:
-        transport.close()
+    result = driver.run(manifest)  # on failure the process ends without a goodbye to peers
+    transport.close()
     metrics: list[Any] = [None] * world_size if rank == 0 else []
     dist.gather_object(driver.metrics(), metrics if rank == 0 else None, dst=0, group=control)
     if rank == 0:

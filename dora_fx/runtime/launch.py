@@ -44,7 +44,7 @@ from .distributed import RunConfig, rank_table, run_rank
 
 __all__ = ["run_local", "DistributedResult", "free_port", "host_device", "main"]
 
-_GRACE_S = 5.0  # how long other ranks get to report after the first one fails
+_GRACE_S = 2.0  # (plus half the timeout) for other ranks to report after one fails
 
 
 @dataclass
@@ -266,7 +266,9 @@ def _wait(
                     break
         if all(c is not None for c in codes):
             break
-        if first_failure is not None and time.monotonic() - first_failure[2] > _GRACE_S:
+        # ranks waiting on the failed one time out at about the same time: give them half
+        grace_s = 0.5 * config.timeout_s + _GRACE_S
+        if first_failure is not None and time.monotonic() - first_failure[2] > grace_s:
             break
         if progress is not None and config.progress_path and os.path.exists(config.progress_path):
             text = Path(config.progress_path).read_text().split()
@@ -285,24 +287,27 @@ def _failure(rank: int, code: int, table: list[Any], run_dir: str) -> RankFailed
         path = Path(run_dir, f"failure_{info.rank}.json")
         if path.exists():
             reports[info.rank] = json.loads(path.read_text())
-    # A rank that failed because a peer died or hung names that peer: blame the peer.
-    report = reports.get(rank)
-    culprit = rank
-    if report is not None and report.get("suspect_rank") is not None:
-        culprit = report["suspect_rank"]
+    # A rank that failed because a peer died or hung names that peer (``suspect_rank``);
+    # follow those names to the rank that failed on its own, died, or hung.
+    culprit, seen = rank, {rank}
+    while culprit in reports and reports[culprit].get("suspect_rank") not in (None, *seen):
+        culprit = reports[culprit]["suspect_rank"]
+        seen.add(culprit)
     who = table[culprit].describe()
-    if culprit != rank:
-        how = "died or hung" if culprit not in reports else "failed"
-        detail = report["message"] if report else ""
-        message = f"{who} {how}; {detail}"
-    elif code < 0:
+    if culprit in reports and reports[culprit].get("suspect_rank") is None:
+        message = f"{who} failed: {reports[culprit]['message']}"
+    elif culprit in reports:
+        message = f"{who} failed: {reports[culprit]['message']}"
+    elif culprit == rank and code < 0:
         message = f"{who} died (killed by {signal.Signals(-code).name})"
+    elif culprit == rank:
+        message = f"{who} failed (exit code {code}): {_log_tail(run_dir, rank)}"
     else:
-        detail = report["message"] if report else _log_tail(run_dir, rank)
-        message = f"{who} failed (exit code {code}): {detail}"
+        witness = reports[rank]["message"] if rank in reports else ""
+        message = f"{who} died or hung; {witness}"
     return RankFailedError(
-        f"distributed run stopped: {message}. Every rank was stopped; logs of each rank were in "
-        f"its run folder"
+        f"distributed run stopped: {message}. All ranks were stopped; run again with a larger "
+        "timeout_s if that stage is legitimately slow"
     )
 
 

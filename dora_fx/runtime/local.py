@@ -12,6 +12,7 @@ import torch.utils._pytree as pytree
 
 from ..comm_ops import Mailbox, use_transport
 from ..errors import InputError
+from .data_parallel import run_replicated, split_sizes
 
 __all__ = ["StageModule", "LocalPipeline", "flatten_inputs"]
 
@@ -29,6 +30,7 @@ class StageModule:
     node_names: list[str] = field(default_factory=list)
     # sends / recvs / outputs with dtype, shape and batch dim (see insert_comm.stage_transfers)
     transfers: dict[str, Any] = field(default_factory=dict)
+    shares: tuple[float, ...] = (1.0,)  # batch shares of a data-parallel group, one per device
 
     @property
     def num_params(self) -> int:
@@ -80,10 +82,12 @@ class LocalPipeline:
         in_spec: pytree.TreeSpec,
         out_spec: pytree.TreeSpec,
         input_meta: Sequence[tuple[int, torch.dtype] | None] = (),
+        input_batch_dims: Sequence[int | None] = (),
     ) -> None:
         self.stages = list(stages)
         self.in_spec, self.out_spec = in_spec, out_spec
         self.input_meta = list(input_meta)
+        self.input_batch_dims = list(input_batch_dims) or [None] * len(self.input_meta)
         self.num_outputs = sum(len(s.output_indices) for s in self.stages)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -94,12 +98,44 @@ class LocalPipeline:
         with torch.no_grad(), use_transport(mailbox):
             for stage in self.stages:
                 mailbox.stage = stage.index
-                produced = stage.module(*[flat[i] for i in stage.input_indices])
+                if len(stage.shares) > 1:
+                    produced = self._run_data_parallel(stage, flat, mailbox)
+                else:
+                    produced = stage.module(*[flat[i] for i in stage.input_indices])
                 for index, value in zip(stage.output_indices, produced):
                     outputs[index] = value
         if mailbox.pending:
             raise RuntimeError(f"values sent but never received: {mailbox.pending}")
         return pytree.tree_unflatten(outputs, self.out_spec)
+
+    def _run_data_parallel(self, stage: StageModule, flat: list[Any], mailbox: Mailbox) -> list[Any]:
+        batch = self._batch_size(flat)
+        if batch is None:
+            raise InputError(
+                f"stage {stage.index} is data-parallel over {', '.join(stage.devices)} but the "
+                "model was captured with a static batch, so its batch cannot be split"
+            )
+        received = {
+            (r["peer"], r["tag"]): mailbox.take(r["peer"], stage.index, r["tag"])
+            for r in stage.transfers.get("recvs", [])
+        }
+        sent, outputs = run_replicated(
+            stage.module,
+            [flat[i] for i in stage.input_indices],
+            [self.input_batch_dims[i] for i in stage.input_indices],
+            received,
+            stage.transfers,
+            split_sizes(batch, stage.shares),
+        )
+        for (peer, tag), tensor in sent.items():
+            mailbox.send(tensor, peer, tag)
+        return outputs
+
+    def _batch_size(self, flat: list[Any]) -> int | None:
+        for value, dim in zip(flat, self.input_batch_dims):
+            if dim is not None and isinstance(value, torch.Tensor):
+                return int(value.shape[dim])
+        return None
 
     def _check_tensors(self, flat: list[Any]) -> None:
         for position, (value, meta) in enumerate(zip(flat, self.input_meta)):

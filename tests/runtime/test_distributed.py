@@ -1,0 +1,98 @@
+"""Distributed runs on 127.0.0.1 (gloo) give the model's outputs: pipelines, data-parallel
+stages (single -> group -> single, group -> group), emulation on and off, microbatches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dora_fx
+from dora_fx.errors import PlanFolderError, RankFailedError
+from dora_fx.runtime.distributed import rank_table, split_sizes
+from dora_fx.runtime.launch import _check_port, run_local
+
+from .conftest import close, copy_plan, data_parallel
+
+
+def _requests(example, count, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    (x,) = example
+    if x.dtype == torch.int64:
+        return [(torch.randint(0, 100, x.shape, generator=generator),) for _ in range(count)]
+    return [(torch.randn(x.shape, generator=generator),) for _ in range(count)]
+
+
+def test_gpt2_group_to_group_with_emulation(gpt2_plan, tmp_path, host):
+    """Stage 0 on two devices (inputs scattered), stage 1 on two others with other shares
+    (pieces cross between overlapping slices), outputs gathered; emulated, 2 microbatches."""
+    model, example, folder = gpt2_plan
+    folder = data_parallel(
+        copy_plan(folder, tmp_path / "dp"),
+        {0: (["phone", "laptop"], [0.5, 0.5]), 1: (["rpi4", "jetson"], [0.25, 0.75])},
+    )
+    requests = _requests((torch.zeros(8, 16, dtype=torch.int64),), 3)
+    result = run_local(
+        folder, requests, microbatches=2, emulate=True, host=host, time_scale=4.0, timeout_s=30
+    )
+    assert [r["device"] for r in result.ranks] == ["phone", "laptop", "rpi4", "jetson"]
+    for request, output in zip(requests, result.outputs):
+        assert close(output["logits"], model(*request).logits)
+    assert result.time_scale == 4.0
+    assert len(result.latency_s) == 3 and result.throughput_rps > 0
+    assert all(r["busy_s"] > 0 for r in result.ranks)
+
+
+def test_mobilenetv2_scatter_and_gather(mobilenet_plan, tmp_path):
+    model, example, folder = mobilenet_plan
+    folder = data_parallel(copy_plan(folder, tmp_path / "dp"), {1: (["laptop", "jetson"], [0.3, 0.7])})
+    requests = _requests(example, 3)
+    result = run_local(folder, requests, emulate=False, in_flight=2, timeout_s=30)
+    assert len(result.ranks) == 4
+    for request, output in zip(requests, result.outputs):
+        assert close(output["logits"], model(*request).logits)
+
+
+def test_pipeline_of_three_with_microbatches(mlp_plan):
+    model, example, folder = mlp_plan
+    requests = _requests((torch.zeros(6, 64),), 4)
+    result = run_local(folder, requests, microbatches=3, emulate=False, timeout_s=30)
+    for request, output in zip(requests, result.outputs):
+        assert close(output, model(*request))
+    assert "latency p50" in result.table()
+
+
+def test_split_sizes_follow_shares_and_give_every_slot_a_row():
+    assert split_sizes(10, [0.3, 0.7]) == [3, 7]
+    assert split_sizes(3, [0.1, 0.1, 0.8]) == [1, 1, 1]
+    assert sum(split_sizes(7, [0.25, 0.25, 0.5])) == 7
+    with pytest.raises(ValueError, match="cannot be split over a data-parallel group of 3"):
+        split_sizes(2, [0.2, 0.3, 0.5])
+
+
+def test_rank_table_is_stage_major():
+    plan = dora_fx.Plan.from_text(
+        "plan p\nstage 0 blocks=0:1 devices=a\nstage 1 blocks=1:2 devices=b,c shares=0.4,0.6"
+    )
+    table = rank_table(plan)
+    assert [(r.rank, r.stage, r.slot, r.device) for r in table] == [
+        (0, 0, 0, "a"), (1, 1, 0, "b"), (2, 1, 1, "c"),
+    ]
+    assert table[2].describe() == "rank 2 (stage 1 slot 1 on device 'c')"
+
+
+def test_wrong_number_of_ranks_is_named(mlp_plan):
+    from dora_fx.runtime.distributed import _stage_of
+
+    with pytest.raises(PlanFolderError, match="plan for 3 ranks .* but 2 were started"):
+        _stage_of(str(mlp_plan[2]), 0, 2)
+
+
+def test_taken_port_is_a_clear_error():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(RankFailedError, match=f"port {port} on 127.0.0.1 is taken"):
+            _check_port(port)

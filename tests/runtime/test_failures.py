@@ -1,0 +1,52 @@
+"""A rank that dies or hangs mid-stream ends the run with an error naming it, within the
+timeout, and leaves no process behind."""
+
+from __future__ import annotations
+
+import time
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dora_fx.errors import RankFailedError
+from dora_fx.runtime.launch import run_local
+
+TIMEOUT_S = 4.0
+
+
+def _children() -> set[int]:
+    """Live or zombie processes whose parent is this one (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("kill", r"rank 1 \(stage 1 on device 'laptop'\) died \(killed by SIGKILL\)"),
+        ("hang", r"rank 1 \(stage 1 on device 'laptop'\) died or hung; rank 0 .* waited"),
+    ],
+)
+def test_a_failed_rank_stops_the_run_with_its_name(mlp2_plan, kind, expected):
+    _, _, folder = mlp2_plan
+    requests = [(torch.randn(4, 64),) for _ in range(8)]
+    before = _children()
+    started = time.monotonic()
+    with pytest.raises(RankFailedError, match=expected):
+        run_local(
+            folder, requests, emulate=False, timeout_s=TIMEOUT_S,
+            fault={"rank": 1, "item": 3, "kind": kind},
+        )
+    # startup (~10 s on 2 shared cores) + the timeout + the launcher's grace
+    assert time.monotonic() - started < 3 * TIMEOUT_S + 20
+    assert _children() <= before
