@@ -145,6 +145,9 @@ class Network:
     _by_medium: dict[str, Medium] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _paths: dict[tuple[str, str], list[tuple[Resource, float]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "media", tuple(self.media))
@@ -213,6 +216,9 @@ class Network:
         """Resources a flow ``src -> dst`` uses, each with its seconds per bit."""
         if src == dst:
             return []
+        cached = self._paths.get((src, dst))
+        if cached is not None:
+            return cached
         up, down = self.link(src), self.link(dst)
         hops: list[tuple[Resource, float]] = []
         up_medium, down_medium = self.medium(up.medium), self.medium(down.medium)
@@ -228,7 +234,8 @@ class Network:
         merged: dict[Resource, float] = {}
         for resource, cost in hops:
             merged[resource] = merged.get(resource, 0.0) + cost
-        return list(merged.items())
+        path = self._paths[(src, dst)] = list(merged.items())
+        return path
 
     def path_latency_s(self, src: str, dst: str) -> float:
         if src == dst:

@@ -72,6 +72,10 @@ class ProblemSums:
     dense_bytes: tuple[float, ...] | None
     params: tuple[float, ...]
     ops: tuple[float, ...]
+    # pair_peak[b]: bytes live while block b runs, its input and its output
+    pair_peak: tuple[float, ...]
+    # (start, stop, device, fraction) -> seconds: plans share stages, evaluate runs thousands
+    stage_s: dict[tuple[int, int, str, float], float]
 
     def span(self, name: str, start: int, stop: int) -> float:
         values = getattr(self, name)
@@ -100,6 +104,11 @@ def problem_sums(problem: Problem) -> ProblemSums:
         dense_bytes=None if any(v is None for v in dense_bytes) else prefix(dense_bytes),  # type: ignore[arg-type]
         params=prefix([b.param_bytes for b in blocks]),
         ops=prefix([float(b.ops) for b in blocks]),
+        pair_peak=tuple(
+            (problem.input_bytes if i == 0 else blocks[i - 1].out_bytes) + b.out_bytes
+            for i, b in enumerate(blocks)
+        ),
+        stage_s={},
     )
     key = id(problem)
     _SUMS[key] = (weakref.ref(problem, lambda _: _SUMS.pop(key, None)), sums)
@@ -123,6 +132,8 @@ def _route(
     receiver_shares: tuple[float, ...],
     nbytes: float,
 ) -> tuple[Transfer, ...]:
+    if len(senders) == 1 and len(receivers) == 1:
+        return (Transfer(senders[0], receivers[0], nbytes, 0, 0),)
     transfers = []
     for j, (dst, dst_slice) in enumerate(zip(receivers, _slices(receiver_shares), strict=True)):
         for i, (src, src_slice) in enumerate(zip(senders, _slices(sender_shares), strict=True)):
@@ -192,25 +203,23 @@ def plan_work(
         ops = sums.span("ops", start, stop)
         dense_moved = None if sums.dense_bytes is None else sums.span("dense_bytes", start, stop)
         # Peak live activations inside the stage: a block's input and output coexist.
-        boundary = [
-            problem.input_bytes if b == 0 else blocks[b - 1].out_bytes for b in range(start, stop)
-        ]
-        inner_peak = max(
-            max(x + blocks[b].out_bytes for x, b in zip(boundary, range(start, stop), strict=True)),
-            in_bytes + out_bytes,
-        )
+        inner_peak = max(max(sums.pair_peak[start:stop]), in_bytes + out_bytes)
         compute, activation = [], []
         for name, share in zip(stage.devices, stage.shares, strict=True):
             f = share / m
-            device = cluster.device(name)
-            fixed = min(params, moved)
-            dense_b = None
-            if dense_moved is not None:
-                dense_fixed = min(params, dense_moved)
-                dense_b = dense_fixed + f * (dense_moved - dense_fixed)
-            compute.append(
-                device.block_time_s(f * flops, f * dense, fixed + f * (moved - fixed), ops, dense_b)
-            )
+            key = (start, stop, name, f)
+            seconds = sums.stage_s.get(key)
+            if seconds is None:
+                fixed = min(params, moved)
+                dense_b = None
+                if dense_moved is not None:
+                    dense_fixed = min(params, dense_moved)
+                    dense_b = dense_fixed + f * (dense_moved - dense_fixed)
+                seconds = cluster.device(name).block_time_s(
+                    f * flops, f * dense, fixed + f * (moved - fixed), ops, dense_b
+                )
+                sums.stage_s[key] = seconds
+            compute.append(seconds)
             activation.append(f * inner_peak)
         inputs = _route(prev_devices, prev_shares, stage.devices, stage.shares, in_bytes / m)
         stages.append(
