@@ -13,6 +13,8 @@ from .cost_models.cluster import Cluster, as_cluster
 from .cost_models.device import Device
 from .errors import QoEError
 from .explain import explain_state
+from .ir import Plan
+from .passes.insert_comm import tensor_spec
 from .pipeline import CompileState, run_passes
 from .qoe import QoE
 from .runtime.local import LocalPipeline
@@ -31,6 +33,7 @@ def compile(
     num_stages: int | None = None,
     seq_dim: int | None = None,
     max_blocks: int = 100,
+    plan: Plan | str | None = None,
 ) -> CompiledModel:
     """Partition ``model`` across ``devices`` to meet ``qoe``.
 
@@ -38,6 +41,8 @@ def compile(
     assumed, and explain() says so). ``example_inputs``: a tuple of positional inputs (its batch
     size should be >= 2 so the batch stays symbolic). ``num_stages``: pipeline stages (default:
     one per device). ``seq_dim``: make this input dim symbolic too (e.g. 1 for token ids).
+    ``plan``: use this plan (a Plan or its text form) instead of planning; it must cover the
+    model's blocks (see ``explain()`` for the count).
     """
     cluster, assumed_network = as_cluster(devices)
     if qoe is None:
@@ -53,6 +58,7 @@ def compile(
         num_stages=num_stages,
         seq_dim=seq_dim,
         max_blocks=max_blocks,
+        given_plan=Plan.from_text(plan) if isinstance(plan, str) else plan,
     )
     run_passes(state)
     notes = []
@@ -71,14 +77,15 @@ class CompiledModel(LocalPipeline):
     def __init__(self, state: CompileState, notes: list[str]) -> None:
         assert state.captured is not None and state.plan is not None
         captured = state.captured
-        input_meta = [
-            (n.meta["val"].dim(), n.meta["val"].dtype)
-            if isinstance(n.meta.get("val"), torch.Tensor)
-            else None
-            for n in captured.gm.graph.nodes
-            if n.op == "placeholder"
-        ]
-        super().__init__(state.stages, captured.in_spec, captured.out_spec, input_meta)
+        values = [n.meta.get("val") for n in captured.gm.graph.nodes if n.op == "placeholder"]
+        specs = [tensor_spec(v, captured.symbols) for v in values]
+        super().__init__(
+            state.stages,
+            captured.in_spec,
+            captured.out_spec,
+            [(v.dim(), v.dtype) if isinstance(v, torch.Tensor) else None for v in values],
+            [None if s is None else s["batch_dim"] for s in specs],
+        )
         self.state = state
         self.plan = state.plan
         self.cluster = state.cluster
@@ -96,6 +103,7 @@ class CompiledModel(LocalPipeline):
             in_spec=self.in_spec,
             out_spec=self.out_spec,
             input_meta=self.input_meta,
+            input_batch_dims=self.input_batch_dims,
             extra={"cluster": self.cluster.to_json(), "qoe": self.qoe.to_json()},
         )
 

@@ -38,11 +38,14 @@ class Mailbox:
         self._slots[(self.stage, peer, tag)] = tensor
 
     def recv(self, peer: int, tag: int) -> torch.Tensor:
+        return self.take(peer, self.stage, tag)
+
+    def take(self, src: int, dst: int, tag: int) -> torch.Tensor:
         try:
-            return self._slots.pop((peer, self.stage, tag))
+            return self._slots.pop((src, dst, tag))
         except KeyError:
             raise RuntimeError(
-                f"stage {self.stage} waits for tag {tag} from stage {peer}, which was never sent; "
+                f"stage {dst} waits for tag {tag} from stage {src}, which was never sent; "
                 "the stages ran out of order or the plan folder is inconsistent"
             ) from None
 

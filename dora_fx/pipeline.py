@@ -34,7 +34,7 @@ from .passes.annotate_costs import CostSymbols, annotate_costs
 from .passes.coarsen import BlockChain, coarsen
 from .passes.codegen import stage_source
 from .passes.insert_comm import StageProgram, insert_comm, stage_transfers
-from .passes.partition import balanced_flops_plan
+from .passes.partition import balanced_flops_plan, check_plan
 from .passes.verify import verify_state
 from .problem import Problem
 from .qoe import QoE
@@ -55,6 +55,7 @@ class CompileState:
     num_stages: int | None = None
     seq_dim: int | None = None
     max_blocks: int = 100
+    given_plan: Plan | None = None
     captured: Captured | None = None
     symbols: CostSymbols | None = None
     missing_formulas: list[str] = field(default_factory=list)
@@ -89,7 +90,10 @@ def _partition(state: CompileState) -> None:
     assert state.chain is not None
     blocks, input_bytes = state.chain.at(state.qoe.batch)
     state.problem = Problem(tuple(blocks), state.cluster, state.qoe, state.qoe.batch, input_bytes)
-    state.plan = balanced_flops_plan(state.problem, state.num_stages)
+    if state.given_plan is not None:
+        state.plan = check_plan(state.given_plan, state.problem)
+    else:
+        state.plan = balanced_flops_plan(state.problem, state.num_stages)
 
 
 def _insert_comm(state: CompileState) -> None:
@@ -107,6 +111,7 @@ def _codegen(state: CompileState) -> None:
             input_indices=program.input_indices,
             output_indices=program.output_indices,
             devices=state.plan.stages[program.index].devices,
+            shares=state.plan.stages[program.index].shares,
             code=stage_source(program, state.plan, [names[i] for i in program.input_indices]),
             node_names=program.node_names,
             transfers=stage_transfers(program.gm, state.captured.symbols),

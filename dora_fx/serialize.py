@@ -37,6 +37,7 @@ def save_folder(
     in_spec: pytree.TreeSpec,
     out_spec: pytree.TreeSpec,
     input_meta: list[tuple[int, torch.dtype] | None],
+    input_batch_dims: list[int | None],
     extra: dict[str, Any],
 ) -> Path:
     folder = Path(path)
@@ -60,6 +61,7 @@ def save_folder(
                 "input_indices": stage.input_indices,
                 "output_indices": stage.output_indices,
                 "devices": list(stage.devices),
+                "shares": list(stage.shares),
                 **stage.transfers,
             }
         )
@@ -70,7 +72,10 @@ def save_folder(
         "plan": plan.to_json(),
         "in_spec": pytree.treespec_dumps(in_spec),
         "out_spec": pytree.treespec_dumps(out_spec),
-        "inputs": [None if m is None else {"ndim": m[0], "dtype": str(m[1])} for m in input_meta],
+        "inputs": [
+            None if m is None else {"ndim": m[0], "dtype": str(m[1]), "batch_dim": d}
+            for m, d in zip(input_meta, input_batch_dims)
+        ],
         "stages": stage_entries,
         "files": files,
         **extra,
@@ -87,7 +92,11 @@ class LoadedModel(LocalPipeline):
             None if m is None else (m["ndim"], _dtype(m["dtype"])) for m in manifest["inputs"]
         ]
         super().__init__(
-            stages, _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"]), inputs
+            stages,
+            _load_spec(manifest["in_spec"]),
+            _load_spec(manifest["out_spec"]),
+            inputs,
+            [None if m is None else m.get("batch_dim") for m in manifest["inputs"]],
         )
         self.folder = folder
         self.manifest = manifest
@@ -182,6 +191,7 @@ def _load_stage(folder: Path, entry: dict[str, Any]) -> StageModule:
         devices=tuple(entry["devices"]),
         code=source.read_text(),
         transfers={k: entry.get(k, []) for k in ("sends", "recvs", "outputs")},
+        shares=tuple(entry.get("shares", [1.0])),
     )
 
 

@@ -14,7 +14,7 @@ from ..errors import PlanError
 from ..ir import Plan, Stage
 from ..problem import Problem
 
-__all__ = ["balanced_flops_plan", "BALANCED_FLOPS"]
+__all__ = ["balanced_flops_plan", "check_plan", "BALANCED_FLOPS"]
 
 BALANCED_FLOPS = "balanced-flops"
 
@@ -54,3 +54,26 @@ def balanced_flops_plan(problem: Problem, num_stages: int | None = None) -> Plan
         for k, (start, stop, device) in enumerate(zip(bounds[:-1], bounds[1:], chosen))
     )
     return Plan(BALANCED_FLOPS, stages, batch=problem.batch)
+
+
+def check_plan(plan: Plan, problem: Problem) -> Plan:
+    """A plan given by the user must cover this problem's blocks and name its devices, each at
+    most once."""
+    if plan.num_blocks != len(problem.blocks):
+        raise PlanError(
+            f"plan {plan.name!r} covers {plan.num_blocks} blocks but this model has "
+            f"{len(problem.blocks)} (with this max_blocks); write the plan for "
+            f"blocks 0:{len(problem.blocks)}"
+        )
+    known = set(problem.cluster.device_names)
+    used = plan.devices
+    unknown = sorted(set(used) - known)
+    if unknown:
+        raise PlanError(
+            f"plan {plan.name!r} uses devices {unknown} that are not in cluster "
+            f"{problem.cluster.name!r} ({', '.join(problem.cluster.device_names)})"
+        )
+    repeated = sorted({d for d in used if used.count(d) > 1})
+    if repeated:
+        raise PlanError(f"plan {plan.name!r} puts devices {repeated} in more than one stage")
+    return plan
