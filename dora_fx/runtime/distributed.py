@@ -50,7 +50,9 @@ INPUT_TAG = 1 << 24  # + user input position
 OUTPUT_TAG = 2 << 24  # + user output position
 _HEADER_TAG, _PAYLOAD_TAG = 1, 2
 _MAX_DIMS = 10
-_HEADER_LEN = 6 + _MAX_DIMS  # kind, item, tag, ndim, dtype, batch, dims...
+_FIELDS = 7  # kind, item, tag, ndim, dtype, batch, sent at (us, time.monotonic)
+_HEADER_LEN = _FIELDS + _MAX_DIMS  # then the dims
+_MAX_TRANSFER_LOG = 10_000
 _DATA, _END = 0, 1
 _DTYPES = [
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
@@ -186,6 +188,8 @@ class DistTransport:
         self.shaper: LinkShaper | None = None
         self.stretch = ComputeStretch(None)
         self.bytes_sent = 0
+        # received pieces: (sending rank, item, tag, bytes, sent at, arrived at) in wall seconds
+        self.transfers: list[tuple[int, int, int, int, float, float]] = []
         links = wiring.links()
         self._sources = sorted(a for a, b in links if b == me.rank)
         self._destinations = sorted(b for a, b in links if a == me.rank)
@@ -381,14 +385,17 @@ class DistTransport:
             while True:
                 header = torch.empty(_HEADER_LEN, dtype=torch.int64)
                 _wait(dist.irecv(header, src, tag=_HEADER_TAG), timeout)
-                kind, item, tag, ndim, dtype, batch = (int(v) for v in header[:6])
+                kind, item, tag, ndim, dtype, batch, sent_us = (int(v) for v in header[:_FIELDS])
                 if kind == _END:
                     return
-                shape = [int(v) for v in header[6 : 6 + ndim]]
+                shape = [int(v) for v in header[_FIELDS : _FIELDS + ndim]]
                 payload = torch.empty(shape, dtype=_DTYPES[dtype])
                 if payload.numel():
                     _wait(dist.irecv(payload, src, tag=_PAYLOAD_TAG), timeout)
                 self._deposit(src, item, tag, payload, batch)
+                if len(self.transfers) < _MAX_TRANSFER_LOG:
+                    nbytes = payload.numel() * payload.element_size()
+                    self.transfers.append((src, item, tag, nbytes, sent_us * 1e-6, time.monotonic()))
         except BaseException as exc:  # noqa: BLE001 - the main thread raises it
             with self._mail.cond:
                 self._mail.errors[src] = exc
@@ -438,8 +445,10 @@ def _header(kind: int, item: int, tag: int, tensor: torch.Tensor, batch: int) ->
     if tensor.dtype not in _DTYPES:
         raise TypeError(f"cannot send a {tensor.dtype} tensor; supported: {_DTYPES}")
     header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
-    header[:6] = torch.tensor([kind, item, tag, tensor.dim(), _DTYPES.index(tensor.dtype), batch])
-    header[6 : 6 + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+    sent_us = int(time.monotonic() * 1e6)
+    fields = [kind, item, tag, tensor.dim(), _DTYPES.index(tensor.dtype), batch, sent_us]
+    header[:_FIELDS] = torch.tensor(fields, dtype=torch.int64)
+    header[_FIELDS : _FIELDS + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
     return header
 
 
@@ -548,6 +557,7 @@ class _Driver:
         self.transport, self.control = transport, control
         self.time_scale = 1.0
         self.items = 0
+        self.first_measured_item = 0
         self.device_item_s = self.host_item_s = 0.0
         self._ledger: Any = None
 
@@ -565,6 +575,7 @@ class _Driver:
         dist.barrier(group=self.control)
         # Phase 2: the measured stream.
         self.transport.stretch = ComputeStretch(self.transport.stretch.factor)
+        self.items, self.first_measured_item = 0, warmup * m
         return self._stream(requests, range(warmup * m, (warmup + total) * m))
 
     def _serve(self, requests: list[list[Any]], items: range, record: bool = False) -> list[Any]:
@@ -722,6 +733,12 @@ class _Driver:
             "predicted_item_s": self.device_item_s,
             "host_predicted_item_s": self.host_item_s,
             "bytes_sent": self.transport.bytes_sent,
+            "received": [
+                {"src": src, "item": item, "tag": tag, "bytes": nbytes,
+                 "seconds": (arrived - sent) / self.time_scale}
+                for src, item, tag, nbytes, sent, arrived in self.transport.transfers
+                if item >= self.first_measured_item
+            ],
         }
 
 

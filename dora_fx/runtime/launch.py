@@ -192,7 +192,7 @@ def run_local(
         wall_s = time.monotonic() - started
         raw = torch.load(os.path.join(run_dir, "result.pt"), weights_only=True)
     return DistributedResult(
-        outputs=[pytree.tree_unflatten(flat, out_spec) for flat in raw["outputs"]],
+        outputs=[pytree.tree_unflatten(flat, out_spec) for flat in raw["outputs"] if flat],
         latency_s=raw["latency_s"],
         throughput_rps=raw["throughput_rps"],
         time_scale=raw["time_scale"],

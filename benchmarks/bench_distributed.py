@@ -1,0 +1,163 @@
+"""Distributed runtime benchmark: emulation fidelity, predicted vs measured, and the peer.
+
+    python benchmarks/bench_distributed.py [--quick]
+
+1. Emulated link: one flow over a switched link of B bytes/s; the receiver times each transfer.
+2. Shared medium: two flows from two processes at once through one emulated Wi-Fi AP; each
+   flow's share of what the medium carried.
+3. Prediction: models x scenarios run emulated (one process per device); measured latency and
+   throughput against the simulator's (``dora_fx.sim.simulate``) for the same plan and load.
+4. Peer: on emulated smart_home, torch.distributed.pipelining (evenly spaced SplitPoints,
+   ScheduleGPipe) vs Dora's plan, same emulation; throughputs, latencies and their ratio.
+
+Prints tables; the last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import dora_fx
+from dora_fx.cost_models.calibrate import calibrate
+from dora_fx.cost_models.network import Link, Medium, Network
+from dora_fx.runtime.launch import run_local
+
+warnings.filterwarnings("ignore")
+MB = 1e6
+
+
+class Fanout(nn.Module):
+    """A small input becomes a big tensor at the cut (``width`` floats per row): transfers
+    dominate, compute is negligible."""
+
+    def __init__(self, width: int = 1 << 18) -> None:
+        super().__init__()
+        self.width = width
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.repeat(1, self.width // x.shape[1]) * self.scale
+        return (y + 1).sum(-1)
+
+
+def data_parallel(folder: Path, groups: dict[int, tuple[list[str], list[float]]]) -> Path:
+    """Rewrite a saved plan so stage k runs on a data-parallel group (devices, shares)."""
+    manifest = json.loads((folder / "plan.json").read_text())
+    for stage, (devices, shares) in groups.items():
+        manifest["plan"]["stages"][stage].update(devices=devices, shares=shares)
+        manifest["stages"][stage]["devices"] = devices
+    (folder / "plan.txt").write_text(dora_fx.Plan.from_json(manifest["plan"]).to_text() + "\n")
+    manifest["files"]["plan.txt"] = hashlib.sha256((folder / "plan.txt").read_bytes()).hexdigest()
+    (folder / "plan.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def _fast(name: str) -> dora_fx.Device:
+    return dora_fx.Device(name, dense_flops_per_s=1e13, memory_bandwidth_bytes_per_s=1e12)
+
+
+def _rates(result: Any, min_bytes: float) -> list[tuple[int, int, float]]:
+    """(receiving rank, sending rank, bytes/s) of every big measured transfer."""
+    return [
+        (r["rank"], t["src"], t["bytes"] / t["seconds"])
+        for r in result.ranks
+        for t in r["received"]
+        if t["bytes"] >= min_bytes
+    ]
+
+
+def link_check(work: Path, host: dora_fx.Device, requests: int) -> dict[str, float]:
+    rate_bps, latency_s = 100e6, 2e-3
+    network = Network(
+        "switch", media=(Medium("switch", "switched"),),
+        links=tuple(Link(d, "switch", rate_bps, rate_bps, latency_s) for d in "ab"),
+    )  # fmt: skip
+    cluster = dora_fx.Cluster((_fast("a"), _fast("b")), network, name="link")
+    folder = work / "link"
+    dora_fx.compile(Fanout(), cluster, example_inputs=(torch.randn(4, 16),), num_stages=2).save(folder)
+    result = run_local(
+        folder, [(torch.randn(4, 16),)] * requests, emulate=True, host=host, time_scale=1.0,
+        in_flight=1, keep_outputs=False,
+    )  # fmt: skip
+    size = 4 * Fanout().width * 4
+    # the transfer's time includes the link latency (both ends): take it out for the rate
+    rates = [size / (size / rate + 0) for *_, rate in _rates(result, size / 2)]
+    seconds = [t["seconds"] for r in result.ranks for t in r["received"] if t["bytes"] >= size / 2]
+    measured = statistics.median(size / (s - 2 * latency_s) for s in seconds)
+    target = rate_bps / 8
+    print("\n== emulated link (switched, one flow) ==")
+    print(f"set {target / MB:.2f} MB/s, measured {measured / MB:.3f} MB/s over {len(rates)} transfers "
+          f"of {size / MB:.1f} MB")  # fmt: skip
+    return {"set_Bps": target, "measured_Bps": measured, "error": abs(measured - target) / target}
+
+
+def medium_check(work: Path, host: dora_fx.Device, requests: int) -> dict[str, Any]:
+    rate_bps = 200e6
+    devices = ["a", "b", "c", "d"]
+    network = Network(
+        "wifi", media=(Medium("air", "shared", contention_efficiency=1.0),),
+        links=tuple(Link(d, "air", rate_bps, rate_bps, 1e-3) for d in devices),
+    )  # fmt: skip
+    cluster = dora_fx.Cluster(tuple(_fast(d) for d in devices), network, name="medium")
+    folder = work / "medium"
+    compiled = dora_fx.compile(Fanout(), cluster, example_inputs=(torch.randn(4, 16),), num_stages=2)
+    data_parallel(compiled.save(folder), {0: (["a", "b"], [0.5, 0.5]), 1: (["c", "d"], [0.5, 0.5])})
+    result = run_local(
+        folder, [(torch.randn(4, 16),)] * requests, emulate=True, host=host, time_scale=1.0,
+        in_flight=1, keep_outputs=False,
+    )  # fmt: skip
+    piece = 2 * Fanout().width * 4
+    by_flow: dict[tuple[int, int], list[float]] = {}
+    for dst, src, rate in _rates(result, piece / 2):
+        by_flow.setdefault((src, dst), []).append(rate)
+    flows = sorted(by_flow)
+    rates = [statistics.median(by_flow[f]) for f in flows]
+    split = [r / sum(rates) for r in rates]
+    alone = network.flow_rates_bps([("a", "c")])[0] / 8
+    model = network.flow_rates_bps([("a", "c"), ("b", "d")])
+    print("\n== shared medium (one Wi-Fi AP, two flows from two processes at once) ==")
+    print(f"{'flow':<14} {'MB/s':>8} {'share':>7} {'alone MB/s':>11} {'model MB/s':>11}")
+    for (src, dst), rate, share, m in zip(flows, rates, split, model):
+        print(f"rank {src}->rank {dst:<4} {rate / MB:>8.3f} {share:>7.1%} {alone / MB:>11.3f} {m / 8 / MB:>11.3f}")
+    return {"split": split, "rates_Bps": rates, "model_Bps": [m / 8 for m in model]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    torch.set_num_threads(1)  # ranks run one thread each: calibrate the host the same way
+    host = calibrate(quick=True)
+    print(f"host (1 thread): dense {host.dense_flops_per_s / 1e9:.1f} GFLOP/s, other "
+          f"{host.effective_other_flops_per_s / 1e9:.2f} GFLOP/s, memory "
+          f"{host.memory_bandwidth_bytes_per_s / 1e9:.1f} GB/s, op overhead "
+          f"{host.op_overhead_s * 1e6:.1f} us")  # fmt: skip
+    n = 4 if args.quick else 8
+    with tempfile.TemporaryDirectory(prefix="bench_dist_") as tmp:
+        work = Path(tmp)
+        link = link_check(work, host, n)
+        medium = medium_check(work, host, n)
+    summary = {
+        "emulated_bandwidth_error": round(link["error"], 4),
+        "shared_medium_split": [round(s, 4) for s in medium["split"]],
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
