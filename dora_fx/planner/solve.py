@@ -2,15 +2,17 @@
 
 1. **space and tables** — device classes, group types, every stage option's and transfer's
    cost terms (``tables``), exact with respect to ``evaluate`` for one microbatch.
-2. **exact MILP** (``formulation``, HiGHS) when the model is small enough to solve in the
-   budget: one solve per objective gives an optimal plan and HiGHS's dual bound; a few
-   epsilon-constraint solves add trade-off plans. The LP relaxation is the bound on failure.
-3. **otherwise, DP search** (``search``): dynamic programs over (cut, devices used, last group)
-   give the bounds (relaxations: terms dropped, constraints dualized) and candidate plans.
-4. **refine** every candidate by local moves; score all with ``evaluate``; keep the compliant
-   ones; the Pareto set over (latency, throughput, energy), at most ``max_plans``, best for
-   the objective first; each plan's gap to the objective's bound.
-5. No compliant plan: ``InfeasibleQoEError`` with the best achievable value of each QoE
+2. **DP search** (``search``): dynamic programs over (cut, devices used, last group) give
+   lower bounds (relaxations of the MILP: terms dropped, constraints dualized) and candidate
+   plans (the best plan for each set of devices used, under several objectives and weights).
+3. **refine** the best candidates by local moves; score all with ``evaluate``.
+4. **exact MILP** (``formulation``, HiGHS) on small models where step 2 left a gap or found
+   nothing: one solve per objective gives an optimal plan and HiGHS's dual bound (the LP
+   relaxation's when the MIP stops early), and epsilon-constraint solves add trade-off plans.
+   Bounds combine by max: each is a valid lower bound on the same optimum.
+5. the Pareto set of the compliant plans over (latency, throughput, energy), at most
+   ``max_plans``, best for the objective first; each plan's gap to the objective's bound.
+6. No compliant plan: ``InfeasibleQoEError`` with the best achievable value of each QoE
    dimension and the constraint(s) that bind.
 """
 
@@ -36,8 +38,12 @@ from .tables import Tables, build_tables
 
 __all__ = ["solve", "EXACT_COLUMNS"]
 
-# Above this many MILP columns (options + transitions) the DP search replaces the MILP.
+# The exact MILP runs (exact=None) only on models this small: HiGHS solves them in well under
+# a second, where an 83-block chain already takes seconds.
+EXACT_BLOCKS = 16
 EXACT_COLUMNS = 6000
+# A DP gap above this sends a small model to the MILP.
+CLOSE_GAP = 1e-3
 
 
 def solve(
@@ -59,19 +65,17 @@ def solve(
     d = dense(tables)
     if not tables.memory_ok_any:
         raise _infeasible(problem, space, tables, d, memory=True)
-    columns = tables.options.group.size + sum(
-        1 for _ in tables.moves
-    ) * max(tables.n_blocks - 1, 0)
-    use_milp = exact if exact is not None else columns <= EXACT_COLUMNS
-    if use_milp:
-        candidates, bounds, method = _milp_candidates(tables, qoe, time_limit_s)
-    else:
-        candidates, bounds, method = _dp_candidates(d, tables, qoe)
-    refined = [
-        refine(d, c, qoe, tables.contention, o) for c in _shortlist(d, tables, candidates, qoe) for o in OBJECTIVES
-    ]
-    scored = _score(problem, space, candidates + refined)
-    compliant = [(p, m) for p, m in scored if m.memory_ok and _meets(m, qoe)]
+    candidates, bounds, method = _dp_candidates(d, tables, qoe)
+    compliant = _compliant(problem, space, d, tables, candidates, qoe)
+    if _wants_milp(exact, tables, compliant, bounds, qoe):
+        more, milp_bounds, proved_infeasible = _milp_candidates(tables, qoe, time_limit_s)
+        if proved_infeasible:
+            raise _infeasible(problem, space, tables, d)
+        candidates += more
+        for o, b in milp_bounds.items():
+            bounds[o] = max(bounds.get(o, -math.inf), b)
+        method = "dp+milp"
+        compliant = _compliant(problem, space, d, tables, candidates, qoe)
     if not compliant:
         raise _infeasible(problem, space, tables, d)
     objective = qoe.objective
@@ -94,6 +98,54 @@ def solve(
         method=method,
         solve_s=time.perf_counter() - start,
     )
+
+
+def _compliant(
+    problem: Problem, space: PlanSpace, d: Dense, tables: Tables, candidates: list[Stages], qoe: QoE
+) -> list[tuple[Plan, Metrics]]:
+    """Refine the best candidates; keep the ones the tables say are compliant and not dominated
+    (``measure_path`` equals ``evaluate``), then score those with ``evaluate`` itself."""
+    from .measure import measure_path
+
+    refined = [
+        refine(d, c, qoe, tables.contention, o)
+        for c in _shortlist(d, tables, candidates, qoe)
+        for o in OBJECTIVES
+    ]
+    unique = list({tuple(c): c for c in candidates + refined}.values())
+    measured = [(c, measure_path(d, c, qoe, tables.contention)) for c in unique]
+    ok = [(c, m) for c, m in measured if meets(m, qoe)]
+    keys = [(m.latency_s, m.bottleneck_s, m.energy_j) for _, m in ok]
+    front = [
+        c
+        for i, (c, _) in enumerate(ok)
+        if not any(
+            all(x <= y for x, y in zip(keys[k], keys[i])) and keys[k] != keys[i]
+            for k in range(len(ok))
+        )
+    ]
+    scored = _score(problem, space, front)
+    return [(p, m) for p, m in scored if m.memory_ok and _meets(m, qoe)]
+
+
+def _wants_milp(
+    exact: bool | None,
+    tables: Tables,
+    compliant: list[tuple[Plan, Metrics]],
+    bounds: dict[str, float],
+    qoe: QoE,
+) -> bool:
+    """The MILP runs when asked, or (``exact=None``) on small models where the DP search left a
+    gap above ``CLOSE_GAP`` or found no compliant plan."""
+    if exact is not None:
+        return exact
+    columns = tables.options.group.size + len(tables.moves) * max(tables.n_blocks - 1, 0)
+    if tables.n_blocks > EXACT_BLOCKS or columns > EXACT_COLUMNS:
+        return False
+    if not compliant:
+        return True
+    best = min(objective_value(m, qoe.objective) for _, m in compliant)
+    return _gap(best, bounds.get(qoe.objective, 0.0)) > CLOSE_GAP
 
 
 def _gap(value: float, bound: float) -> float:
@@ -124,7 +176,7 @@ def _decode(tables: Tables, form_index: np.ndarray, x: np.ndarray, n_z: int) -> 
 
 def _milp_candidates(
     tables: Tables, qoe: QoE, time_limit_s: float
-) -> tuple[list[Stages], dict[str, float], str]:
+) -> tuple[list[Stages], dict[str, float], bool]:
     """One MILP per objective, then epsilon-constraint points between the objective's optimum
     and the best of each other dimension."""
     candidates: list[Stages] = []
@@ -136,7 +188,7 @@ def _milp_candidates(
         form = build_formulation(tables, qoe, o)
         result = solve_highs(form, time_limit_s=time_limit_s)
         if result.status == "infeasible":
-            return [], {objective: math.inf}, "milp"
+            return [], {}, True
         if result.x is None:
             lp = solve_highs(form, integral=False, time_limit_s=time_limit_s)
             bounds[o] = lp.bound
@@ -158,7 +210,7 @@ def _milp_candidates(
                 result = solve_highs(form, time_limit_s=time_limit_s / 4)
                 if result.x is not None:
                     candidates.append(_decode(tables, form.option_index, result.x, form.n_z))
-    return candidates, bounds, "milp"
+    return candidates, bounds, False
 
 
 def _path_value(tables: Tables, stages: Stages, qoe: QoE, objective: str) -> float:
@@ -170,9 +222,9 @@ def _path_value(tables: Tables, stages: Stages, qoe: QoE, objective: str) -> flo
 def _dp_candidates(d: Dense, tables: Tables, qoe: QoE) -> tuple[list[Stages], dict[str, float], str]:
     search = DpSearch(d, qoe, tables.contention)
     bounds = {"latency": search.latency(), "throughput": search.bottleneck()}
-    multipliers = (0.0,) if qoe.latency_s is None else (0.0, 1.0, 10.0, 100.0)
+    multipliers = (0.0,) if qoe.latency_s is None else (0.0, 10.0)
     bounds["energy"] = search.energy(multipliers)
-    search.sweep((0.01, 0.1, 1.0))
+    search.sweep((0.03, 0.3))
     return search.candidates, bounds, "dp"
 
 
