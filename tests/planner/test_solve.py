@@ -1,0 +1,144 @@
+"""Solver invariants on small random problems, checked against exhaustive enumeration under
+``evaluate`` (the benchmark runs 200 such problems; here a derandomized handful)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dora_fx
+from dora_fx import scenarios
+from dora_fx.errors import InfeasibleQoEError
+from dora_fx.evaluate import evaluate
+from dora_fx.ir import Plan
+from dora_fx.planner import PlanSet, enumerate_plans, plan_space, solve
+from dora_fx.planner.dp import dense
+from dora_fx.planner.measure import measure_path
+from dora_fx.planner.plan_set import objective_value
+from dora_fx.planner.synthetic import random_blocks, random_problem
+from dora_fx.planner.tables import build_tables
+from dora_fx.problem import Problem
+from dora_fx.qoe import QoE
+
+
+def _meets(m, qoe: QoE) -> bool:  # type: ignore[no-untyped-def]
+    if qoe.latency_s is not None and m.latency_s > qoe.latency_s * (1 + 1e-9):
+        return False
+    if qoe.throughput_rps is not None and m.throughput_rps < qoe.throughput_rps * (1 - 1e-9):
+        return False
+    return not (qoe.energy_j is not None and m.energy_j > qoe.energy_j * (1 + 1e-9))
+
+
+def _exhaustive_best(problem: Problem) -> float:
+    best = math.inf
+    for plan in enumerate_plans(problem):
+        m = evaluate(plan, problem)
+        if m.memory_ok and _meets(m, problem.qoe):
+            best = min(best, objective_value(m, problem.qoe.objective))
+    return best
+
+
+@settings(max_examples=12, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), n_blocks=st.integers(2, 7), n_devices=st.integers(1, 3))
+def test_solver_matches_exhaustive_enumeration(seed: int, n_blocks: int, n_devices: int) -> None:
+    problem = random_problem(seed, n_blocks, n_devices)
+    best = _exhaustive_best(problem)
+    if not math.isfinite(best):
+        with pytest.raises(InfeasibleQoEError):
+            solve(problem)
+        return
+    plan_set = solve(problem)
+    m = evaluate(plan_set.best, problem)
+    assert m.memory_ok and _meets(m, problem.qoe)
+    value = objective_value(m, problem.qoe.objective)
+    assert value <= best * 1.01 + 1e-12
+    assert plan_set.bound <= best * (1 + 1e-9)  # the bound never exceeds the optimum
+    assert plan_set.best.gap is not None and value <= plan_set.bound * (1 + plan_set.best.gap) * (1 + 1e-9)
+
+
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000))
+def test_tables_agree_with_evaluate(seed: int) -> None:
+    problem = random_problem(seed, 5, 3)
+    space = plan_space(problem)
+    tables = build_tables(problem, space)
+    d = dense(tables)
+    index = {g.counts: i for i, g in enumerate(space.groups)}
+    cls = {m: c.index for c in space.classes for m in c.members}
+    plans = list(enumerate_plans(problem, space))
+    for plan in random.Random(seed).sample(plans, min(25, len(plans))):
+        stages = []
+        for stage in plan.stages:
+            counts = [0] * len(space.classes)
+            for device in stage.devices:
+                counts[cls[device]] += 1
+            stages.append((stage.block_start, stage.block_stop, index[tuple(counts)]))
+        m = evaluate(plan, problem)
+        if not all(math.isfinite(d.compute_s[g, a, b]) for a, b, g in stages):
+            assert not m.memory_ok
+            continue
+        path = measure_path(d, stages, problem.qoe, tables.contention)
+        assert path.latency_s == pytest.approx(m.latency_s, rel=1e-9)
+        assert path.throughput_rps == pytest.approx(m.throughput_rps, rel=1e-9)
+        assert path.energy_j == pytest.approx(m.energy_j, rel=1e-9)
+
+
+def test_milp_and_dp_agree_on_a_small_problem() -> None:
+    problem = random_problem(3, 6, 3, qoe=QoE(objective="latency"))
+    by_milp = solve(problem, exact=True)
+    by_dp = solve(problem, exact=False)
+    assert by_milp.metrics[0].latency_s == pytest.approx(by_dp.metrics[0].latency_s, rel=1e-6)
+    assert by_milp.method == "dp+milp" and by_dp.method == "dp"
+
+
+def test_plan_set_is_compact_pareto_and_best_first() -> None:
+    problem = random_problem(7, 10, 4, batch=2, qoe=QoE(objective="energy", batch=2))
+    plan_set = solve(problem)
+    assert 1 <= len(plan_set) <= 8
+    values = [objective_value(m, "energy") for m in plan_set.metrics]
+    assert values[0] == min(values)
+    keys = [(m.latency_s, 1 / m.throughput_rps, m.energy_j) for m in plan_set.metrics]
+    for i, a in enumerate(keys):
+        for j, b in enumerate(keys):
+            assert i == j or not all(x <= y for x, y in zip(a, b)) or a == b
+    for plan in plan_set.plans:
+        assert Plan.from_text(plan.to_text()) == plan
+        assert plan.gap is not None and plan.gap >= 0
+
+
+def test_describe_says_why() -> None:
+    problem = random_problem(11, 8, 3, qoe=QoE(objective="latency"))
+    text = solve(problem).describe()
+    assert "chosen: dora-latency" in text
+    assert "certified lower bound" in text
+    assert "gap" in text
+
+
+def test_infeasible_qoe_names_the_binding_constraint() -> None:
+    blocks = random_blocks(random.Random(0), 6)
+    problem = Problem(tuple(blocks), scenarios.smart_home(), QoE(latency_ms=1e-3), 1, 1e5)
+    with pytest.raises(InfeasibleQoEError, match=r"Binding: latency <= 0.001 ms \(best achievable"):
+        solve(problem)
+
+
+def test_gpt2_sized_problem_solves_on_edge_cluster() -> None:
+    blocks = random_blocks(random.Random(1), 83)
+    problem = Problem(tuple(blocks), scenarios.edge_cluster(8), QoE(objective="throughput"), 1, 1e5)
+    plan_set = solve(problem)
+    assert isinstance(plan_set, PlanSet)
+    assert plan_set.method == "dp"
+    assert plan_set.best.gap is not None and plan_set.best.gap < 0.05
+    assert evaluate(plan_set.best, problem).memory_ok
+
+
+def test_data_parallel_groups_appear_when_the_batch_allows() -> None:
+    blocks = random_blocks(random.Random(2), 12, batch=8)
+    problem = Problem(tuple(blocks), scenarios.edge_cluster(4), dora_fx.QoE(objective="throughput", batch=8), 8, 1e6)
+    space = plan_space(problem)
+    assert max(g.size for g in space.groups) == 4
+    one = Problem(tuple(blocks), scenarios.edge_cluster(4), dora_fx.QoE(), 1, 1e6)
+    assert max(g.size for g in plan_space(one).groups) == 1
