@@ -107,7 +107,7 @@ class DpSearch:
                 best = max(best, float(values.min()) - mu * cap)
                 continue
             alphas = np.unique(d.usage_idle_w[d.usage_idle_w > 0])
-            grid = 8 if mu == 0 else 3
+            grid = 5 if mu == 0 else 3
             if alphas.size > grid:
                 alphas = np.unique(np.quantile(alphas, np.linspace(0, 1, grid), method="lower"))
             bound_u = np.full(d.usage_count, -np.inf)
