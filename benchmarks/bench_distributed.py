@@ -134,6 +134,57 @@ def medium_check(work: Path, host: dora_fx.Device, requests: int) -> dict[str, A
     return {"split": split, "rates_Bps": rates, "model_Bps": [m / 8 for m in model]}
 
 
+def _relative_error(measured: float, predicted: float) -> float:
+    return abs(measured - predicted) / measured
+
+
+def prediction_check(
+    work: Path, host: dora_fx.Device, cases: list[tuple[str, str, int]], requests: int, batch: int
+) -> list[dict[str, Any]]:
+    """Each (model, scenario, stages): compile, run emulated, simulate the same plan and load."""
+    from dora_fx import models
+    from dora_fx.sim import SimConfig, simulate
+
+    rows = []
+    for model_name, scenario, stages in cases:
+        model, example = models.build(model_name, batch=batch)
+        cluster = dora_fx.scenarios.SCENARIOS[scenario]()
+        compiled = dora_fx.compile(
+            model, cluster, dora_fx.QoE(batch=batch), example_inputs=example, num_stages=stages
+        )
+        folder = compiled.save(work / f"{model_name}_{scenario}")
+        in_flight = len(compiled.plan.devices)
+        result = run_local(
+            folder, [example] * requests, emulate=True, host=host, in_flight=in_flight,
+            keep_outputs=False,
+        )  # fmt: skip
+        problem = compiled.state.problem
+        assert problem is not None and problem.batch == batch
+        sim = simulate(compiled.plan, problem, SimConfig(requests=requests, concurrency=in_flight))
+        rows.append({
+            "model": model_name, "scenario": scenario, "plan": compiled.plan.to_text(),
+            "measured_latency_s": result.latency_p50_s, "sim_latency_s": sim.latency_p50_s,
+            "measured_throughput_rps": result.throughput_rps, "sim_throughput_rps": sim.throughput_rps,
+            "latency_error": _relative_error(result.latency_p50_s, sim.latency_p50_s),
+            "throughput_error": _relative_error(result.throughput_rps, sim.throughput_rps),
+            "time_scale": result.time_scale,
+            "busy": [(r["device"], r["busy_s"] / requests, r["predicted_item_s"]) for r in result.ranks],
+            "sim_busy": {d: b / requests for d, b in sim.busy_s.items()},
+        })  # fmt: skip
+    print("\n== prediction: measured (emulated run) vs simulated ==")
+    print(f"{'model':<12} {'scenario':<18} {'scale':>6} {'lat ms':>8} {'sim ms':>8} {'err':>6} "
+          f"{'thr r/s':>8} {'sim r/s':>8} {'err':>6}")  # fmt: skip
+    for r in rows:
+        print(f"{r['model']:<12} {r['scenario']:<18} {r['time_scale']:>6.2f} "
+              f"{r['measured_latency_s'] * 1e3:>8.2f} {r['sim_latency_s'] * 1e3:>8.2f} "
+              f"{r['latency_error']:>6.1%} {r['measured_throughput_rps']:>8.1f} "
+              f"{r['sim_throughput_rps']:>8.1f} {r['throughput_error']:>6.1%}")  # fmt: skip
+        for device, busy, predicted in r["busy"]:
+            print(f"    {device:<12} busy/request {busy * 1e3:8.3f} ms   runtime-predicted "
+                  f"{predicted * 1e3:8.3f} ms   simulator {r['sim_busy'].get(device, 0) * 1e3:8.3f} ms")  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer requests")
@@ -150,9 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         link = link_check(work, host, n)
         medium = medium_check(work, host, n)
+        cases = [
+            ("gpt2", "smart_home", 3), ("mobilenetv2", "smart_home", 3),
+            ("gpt2", "edge_cluster", 3), ("mobilenetv2", "edge_cluster", 3),
+        ]  # fmt: skip
+        rows = prediction_check(work, host, cases, 4 * n, batch=4)
     summary = {
         "emulated_bandwidth_error": round(link["error"], 4),
         "shared_medium_split": [round(s, 4) for s in medium["split"]],
+        "median_latency_error": round(statistics.median(r["latency_error"] for r in rows), 4),
+        "median_throughput_error": round(statistics.median(r["throughput_error"] for r in rows), 4),
         "wall_s": round(time.monotonic() - started, 1),
     }
     print(json.dumps(summary))

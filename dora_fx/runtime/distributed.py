@@ -464,7 +464,8 @@ class RunConfig:
     ``warmup``: requests run first, unmeasured and not emulated, to count each stage's
     operations. ``time_scale``: wall seconds per emulated second (None: the smallest at which
     every device can be emulated, times ``EMULATION_MARGIN``). ``host``: the calibrated host as
-    ``Device`` JSON. ``fault``: ``{"rank": r, "item": k, "kind": "kill" | "hang"}`` makes a rank
+    ``Device`` JSON. ``compute_reference``: what a device's predicted time is scaled against,
+    the stage's ``"measured"`` host time or the host ``"profile"`` (see ``emulation``). ``fault``: ``{"rank": r, "item": k, "kind": "kill" | "hang"}`` makes a rank
     fail on purpose (tests of the failure path).
     """
 
@@ -475,11 +476,12 @@ class RunConfig:
     microbatches: int = 1
     in_flight: int = 0
     rate_rps: float | None = None
-    warmup: int = 1
+    warmup: int = 3
     timeout_s: float = 60.0
     emulate: bool = False
     time_scale: float | None = None
     host: dict[str, Any] | None = None
+    compute_reference: str = "measured"
     ledger_path: str | None = None
     device: str = "cpu"
     threads: int = 1
@@ -495,7 +497,7 @@ class RunConfig:
 
 
 STARTUP_TIMEOUT_S = 60.0
-EMULATION_MARGIN = 1.5  # headroom over the smallest feasible time scale (host noise)
+_REFERENCE_WINDOW = 256  # items the measured compute reference is the median of
 
 
 def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | None:
@@ -558,7 +560,9 @@ class _Driver:
         self.time_scale = 1.0
         self.items = 0
         self.first_measured_item = 0
-        self.device_item_s = self.host_item_s = 0.0
+        self.device_item_s = self.host_item_s = self.host_measured_item_s = 0.0
+        self._cpu_samples: list[float] = []
+        self._device_wall_s: float | None = None  # emulated wall seconds of one item
         self._ledger: Any = None
 
     def run(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -590,26 +594,43 @@ class _Driver:
             recorder = CostRecorder() if record and not ops else None
             if recorder is not None:
                 with recorder:
-                    self._run_item(item)
+                    self._run_item(item, recording=True)
                 ops = recorder.ops or [None]
             else:
                 self._run_item(item)
         if self.me.rank == 0:
             for item in items:
                 self.transport.collect_outputs(item, sorted(self.wiring.output_dims))
+        # CPU seconds per item (the recorded, slower first item aside when there are others)
+        samples = sorted(self._cpu_samples) or [self.transport.stretch.busy_cpu_s]
+        self.host_measured_item_s = samples[len(samples) // 2]
         return [op for op in ops if op is not None]
 
-    def _run_item(self, item: int) -> None:
+    def _run_item(self, item: int, recording: bool = False) -> None:
         from ..comm_ops import use_transport
 
         transport = self.transport
         transport.item = item
+        cpu_before = transport.stretch.busy_cpu_s
         transport.stretch.resume()
         with torch.no_grad(), use_transport(transport):  # type: ignore[arg-type]
             outputs = self.module(*transport.inputs())
         transport.stretch.settle()
         transport.send_outputs(list(outputs))
         self.items += 1
+        if not recording:
+            self._cpu_samples.append(transport.stretch.busy_cpu_s - cpu_before)
+            self._rescale()
+
+    def _rescale(self) -> None:
+        """Measured reference: the median CPU time per item so far (the warm-up's and the
+        stream's), so an item lasts the device's predicted time times its own deviation."""
+        if self.config.compute_reference != "measured" or self._device_wall_s is None:
+            return
+        window = sorted(self._cpu_samples[-_REFERENCE_WINDOW:])
+        reference = window[len(window) // 2]
+        if reference > 0:
+            self.transport.stretch.factor = self._device_wall_s / reference
 
     def _microbatch(self, request: list[Any], index: int) -> list[Any]:
         m = self.config.microbatches
@@ -632,7 +653,7 @@ class _Driver:
         from .emulation import (
             LinkShaper,
             MediumLedger,
-            needed_time_scale,
+            contention_margin,
             resource_keys,
             stage_time_s,
         )
@@ -646,17 +667,30 @@ class _Driver:
             )
         cluster = Cluster.from_json(manifest["cluster"])
         device, host = cluster.device(self.me.device), Device.from_json(self.config.host)
-        need = torch.tensor([needed_time_scale(device, host, ops)], dtype=torch.float64)
-        dist.all_reduce(need, op=dist.ReduceOp.MAX, group=self.control)
-        scale = self.config.time_scale or max(float(need) * EMULATION_MARGIN, 1.0)
-        self.time_scale = scale
         self.device_item_s, self.host_item_s = stage_time_s(device, ops), stage_time_s(host, ops)
-        factor = scale * self.device_item_s / self.host_item_s if self.host_item_s else scale
+        reference = self._host_reference_s()
+        # dilation at which this device can be emulated: its time must not be below the host's
+        need = torch.tensor([reference / max(self.device_item_s, 1e-12)], dtype=torch.float64)
+        dist.all_reduce(need, op=dist.ReduceOp.MAX, group=self.control)
+        margin = contention_margin(len(self.wiring.table))
+        scale = self.config.time_scale or max(float(need) * margin, 1.0)
+        self.time_scale = scale
+        factor = scale * self.device_item_s / reference if reference > 0 else scale
+        self._device_wall_s = scale * self.device_item_s
         self.transport.stretch = ComputeStretch(factor)
         assert self.config.ledger_path is not None
         keys = resource_keys(cluster.network, [r.device for r in self.wiring.table])
         self._ledger = MediumLedger(self.config.ledger_path, keys)
         self.transport.shaper = LinkShaper(cluster.network, self._ledger, scale, self.me.rank)
+
+    def _host_reference_s(self) -> float:
+        if self.config.compute_reference == "profile":
+            return self.host_item_s
+        if self.config.compute_reference == "measured":
+            return self.host_measured_item_s
+        raise ValueError(
+            f"compute_reference must be 'measured' or 'profile', got {self.config.compute_reference!r}"
+        )
 
     def _stream(self, requests: list[list[Any]], items: range) -> dict[str, Any] | None:
         m, fault = self.config.microbatches, self.config.fault or {}
@@ -732,6 +766,7 @@ class _Driver:
             "overrun_s": stretch.overrun_wall_s / self.time_scale,
             "predicted_item_s": self.device_item_s,
             "host_predicted_item_s": self.host_item_s,
+            "host_measured_item_s": self.host_measured_item_s,
             "bytes_sent": self.transport.bytes_sent,
             "received": [
                 {"src": src, "item": item, "tag": tag, "bytes": nbytes,

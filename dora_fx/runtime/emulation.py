@@ -5,13 +5,17 @@ faster than the host can be emulated too (a rank can only slow its compute down)
 divided by ``time_scale`` to report device time.
 
 Compute: a rank counts the FLOPs and bytes of every ATen op of its stage once (``CostRecorder``)
-and prices them with the roofline (``Device.node_time_s``) on its device and on the calibrated
-host. A compute segment that took ``c`` CPU seconds of the rank's thread then lasts
+and prices them with the roofline (``Device.node_time_s``) on its device. A compute segment
+that took ``c`` CPU seconds of the rank's thread then lasts
 
     c * device_time / host_time * time_scale            wall seconds,
 
-padded with sleep (``ComputeStretch``). CPU time, not wall time, is scaled, so ranks that share
-the host's cores do not inflate each other's compute.
+padded with sleep (``ComputeStretch``). ``host_time`` is the stage's time on the host: by default
+its *measured* CPU time per item in the warm-up (so a stage's emulated time is the device's
+predicted time, varying as the host's measurements vary), or, with ``reference="profile"``,
+the calibrated host profile's roofline prediction for the same ops (so errors of the host model
+carry into the emulated device). CPU time, not wall time, is scaled, so ranks that share the
+host's cores do not inflate each other's compute.
 
 Network: a transfer of ``b`` bytes from device ``u`` to device ``v`` occupies the resources of
 ``Network.path(u, v)`` (a Wi-Fi medium's airtime, or switch port directions) for ``8 b / rate``
@@ -51,7 +55,7 @@ __all__ = [
     "OpCost",
     "CostRecorder",
     "stage_time_s",
-    "needed_time_scale",
+    "contention_margin",
     "ComputeStretch",
     "MediumLedger",
     "LinkShaper",
@@ -118,10 +122,12 @@ def stage_time_s(device: Device, ops: Sequence[OpCost]) -> float:
     return sum(device.node_time_s(op.flops, op.bytes_moved, op.op_class) for op in ops)
 
 
-def needed_time_scale(device: Device, host: Device, ops: Sequence[OpCost]) -> float:
-    """The smallest dilation at which the host can emulate ``device`` on these ops."""
-    device_s, host_s = stage_time_s(device, ops), stage_time_s(host, ops)
-    return host_s / device_s if device_s > 0 else 1.0
+def contention_margin(ranks: int, cores: int | None = None) -> float:
+    """Dilation headroom so that ranks sharing the host's cores rarely compute at once: each
+    rank computes about ``1 / margin`` of the time, so ``ranks / margin`` cores are busy on
+    average; keep that at half the cores (the host has other work too), and at least 1.5x."""
+    cores = cores or os.cpu_count() or 1
+    return max(1.5, 2.0 * ranks / cores)
 
 
 class ComputeStretch:
@@ -135,6 +141,7 @@ class ComputeStretch:
     def __init__(self, factor: float | None) -> None:
         self.factor = factor
         self.busy_wall_s = 0.0
+        self.busy_cpu_s = 0.0
         self.overrun_wall_s = 0.0  # compute that took longer in wall time than emulated
         self._wall0 = time.monotonic()
         self._cpu0 = time.thread_time()
@@ -143,11 +150,12 @@ class ComputeStretch:
         self._wall0, self._cpu0 = time.monotonic(), time.thread_time()
 
     def settle(self) -> float:
-        now = time.monotonic()
+        now, cpu_s = time.monotonic(), time.thread_time() - self._cpu0
+        self.busy_cpu_s += cpu_s
         if self.factor is None:
             elapsed = now - self._wall0
         else:
-            target = self._wall0 + (time.thread_time() - self._cpu0) * self.factor
+            target = self._wall0 + cpu_s * self.factor
             if target > now:
                 _sleep_until(target)
             else:
@@ -211,8 +219,10 @@ class MediumLedger:
             slots = [(self.slot[key], cost, eff) for key, cost, eff in hops]
             start = max([not_before, *(table[i, 0] for i, _, _ in slots)])
             end = start
+            now = time.monotonic()
             for i, cost, eff in slots:
-                contended = table[i, 1] != flow and table[i, 0] > not_before
+                # another flow holds the resource past now: both want the air at once
+                contended = table[i, 1] != flow and table[i, 0] > max(not_before, now)
                 duration = bits * cost / (eff if contended else 1.0)
                 table[i, 0], table[i, 1] = start + duration, flow
                 end = max(end, start + duration)
@@ -236,8 +246,10 @@ class _Job:
 
 
 class LinkShaper:
-    """One thread per destination rank delays each transfer to its emulated arrival, then runs
-    its action (the real torch.distributed send). Transfers to one destination stay in order."""
+    """Per destination rank, one thread serializes transfers onto the emulated network (in
+    order, back to back) and another delivers each at its emulated arrival, running its action
+    (the real torch.distributed send). The latency of one transfer thus overlaps the
+    serialization of the next, as on a real link."""
 
     CHUNK_WALL_S = 0.002  # airtime of one reservation: short enough for flows to interleave
 
@@ -246,6 +258,7 @@ class LinkShaper:
     ) -> None:
         self.network, self.ledger, self.time_scale, self.rank = network, ledger, time_scale, rank
         self._queues: dict[int, queue.Queue[_Job | None]] = {}
+        self._deliveries: dict[int, queue.Queue[tuple[float, Callable[[], None]] | None]] = {}
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
 
@@ -261,28 +274,40 @@ class LinkShaper:
         if self.error is not None:
             raise self.error
         if dst_rank not in self._queues:
-            self._queues[dst_rank] = queue.Queue()
-            thread = threading.Thread(
-                target=self._serve, args=(dst_rank,), name=f"dora-link-{dst_rank}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._queues[dst_rank], self._deliveries[dst_rank] = queue.Queue(), queue.Queue()
+            for target, role in ((self._serialize, "link"), (self._deliver, "deliver")):
+                thread = threading.Thread(
+                    target=target, args=(dst_rank,), name=f"dora-{role}-{dst_rank}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
         job = _Job(src_device, dst_device, nbytes, time.monotonic(), shaped, action)
         self._queues[dst_rank].put(job)
 
-    def _serve(self, dst_rank: int) -> None:
+    def _serialize(self, dst_rank: int) -> None:
         flow = self.rank * 65536 + dst_rank + 1
-        jobs = self._queues[dst_rank]
-        while (job := jobs.get()) is not None:
-            try:
+        jobs, deliveries = self._queues[dst_rank], self._deliveries[dst_rank]
+        try:
+            while (job := jobs.get()) is not None:
+                arrival = job.sent_at
                 if job.shaped and job.src_device != job.dst_device:
-                    _sleep_until(self._transfer_end(job, flow))
-                job.action()
-            except BaseException as exc:  # noqa: BLE001 - handed to the rank's main thread
-                self.error = exc
-                return
+                    arrival = self._transfer_end(job, flow)
+                deliveries.put((arrival, job.action))
+        except BaseException as exc:  # noqa: BLE001 - handed to the rank's main thread
+            self.error = exc
+        deliveries.put(None)
+
+    def _deliver(self, dst_rank: int) -> None:
+        deliveries = self._deliveries[dst_rank]
+        try:
+            while (delivery := deliveries.get()) is not None:
+                _sleep_until(delivery[0])
+                delivery[1]()
+        except BaseException as exc:  # noqa: BLE001 - handed to the rank's main thread
+            self.error = exc
 
     def _transfer_end(self, job: _Job, flow: int) -> float:
+        """Reserve the transfer's bits chunk by chunk; return its emulated arrival."""
         hops = [
             (
                 _key(resource),

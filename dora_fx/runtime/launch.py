@@ -141,9 +141,10 @@ def run_local(
     microbatches: int = 1,
     in_flight: int = 0,
     rate_rps: float | None = None,
-    warmup: int = 1,
+    warmup: int = 3,
     emulate: bool = True,
     host: Device | str | Path | None = None,
+    compute_reference: str = "measured",
     time_scale: float | None = None,
     timeout_s: float = 60.0,
     port: int = 0,
@@ -181,6 +182,7 @@ def run_local(
             emulate=emulate,
             time_scale=time_scale,
             host=host_device(host).to_json() if emulate else None,
+            compute_reference=compute_reference,
             ledger_path=os.path.join(run_dir, "ledger"),
             threads=threads,
             keep_outputs=keep_outputs,
@@ -294,9 +296,7 @@ def _failure(rank: int, code: int, table: list[Any], run_dir: str) -> RankFailed
         culprit = reports[culprit]["suspect_rank"]
         seen.add(culprit)
     who = table[culprit].describe()
-    if culprit in reports and reports[culprit].get("suspect_rank") is None:
-        message = f"{who} failed: {reports[culprit]['message']}"
-    elif culprit in reports:
+    if culprit in reports:
         message = f"{who} failed: {reports[culprit]['message']}"
     elif culprit == rank and code < 0:
         message = f"{who} died (killed by {signal.Signals(-code).name})"
