@@ -3,9 +3,8 @@ timeout, and leaves no process behind."""
 
 from __future__ import annotations
 
-import time
-
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ def _children() -> set[int]:
     ("kind", "expected"),
     [
         ("kill", r"rank 1 \(stage 1 on device 'laptop'\) died \(killed by SIGKILL\)"),
-        ("hang", r"rank 1 \(stage 1 on device 'laptop'\) died or hung; rank 0 .* waited"),
+        ("hang", r"rank 1 \(stage 1 on device 'laptop'\) died or hung"),
     ],
 )
 def test_a_failed_rank_stops_the_run_with_its_name(mlp2_plan, kind, expected):

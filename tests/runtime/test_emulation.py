@@ -1,0 +1,63 @@
+"""Emulation pieces in one process: the shared-medium ledger, compute stretch, op pricing,
+and the CLI's argument errors."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import dora_fx
+from dora_fx.runtime.cli_run import add_run_parser
+from dora_fx.runtime.emulation import ComputeStretch, CostRecorder, MediumLedger, stage_time_s
+
+
+def test_two_flows_on_one_resource_alternate_and_pay_for_contention(tmp_path):
+    ledger = MediumLedger(tmp_path / "ledger", ["air:wifi"])
+    now = time.monotonic() + 10.0  # in the future, so both flows are "active now"
+    hops = [("air:wifi", 1e-3, 0.5)]  # 1 ms per bit; half the air is usable under contention
+    first = ledger.reserve(hops, 1.0, now, flow=1)
+    assert first == now + 1e-3  # alone: full rate
+    second = ledger.reserve(hops, 1.0, now, flow=2)
+    assert abs(second - (first + 2e-3)) < 1e-12  # queued behind flow 1 and contended
+    ledger.close()
+
+
+def test_ledger_is_shared_through_its_file(tmp_path):
+    a = MediumLedger(tmp_path / "ledger", ["up:x", "down:y"])
+    b = MediumLedger(tmp_path / "ledger", ["up:x", "down:y"])
+    start = time.monotonic() + 10.0
+    end = a.reserve([("up:x", 1.0, 1.0)], 2.0, start, flow=1)
+    assert b.reserve([("up:x", 1.0, 1.0)], 1.0, start, flow=1) == end + 1.0
+    a.close()
+    b.close()
+
+
+def test_compute_stretch_pads_cpu_time_by_its_factor():
+    stretch = ComputeStretch(5.0)
+    stretch.resume()
+    deadline = time.thread_time() + 0.01
+    while time.thread_time() < deadline:
+        pass
+    elapsed = stretch.settle()
+    assert elapsed >= 5 * 0.01 * 0.95
+    assert stretch.busy_cpu_s >= 0.01
+
+
+def test_recorded_ops_are_priced_with_the_roofline():
+    with CostRecorder() as recorder:
+        torch.mm(torch.randn(64, 32), torch.randn(32, 16))
+        torch.randn(1000).relu()
+    dense = [op for op in recorder.ops if op.op_class == "dense"]
+    assert dense[0].flops == 2 * 64 * 32 * 16
+    device = dora_fx.Device("d", dense_flops_per_s=1e9, memory_bandwidth_bytes_per_s=1e12)
+    assert stage_time_s(device, dense) == device.node_time_s(2 * 64 * 32 * 16, dense[0].bytes_moved, "dense")
+
+
+def test_cli_run_says_what_to_send(mlp_plan, capsys):
+    parser = argparse.ArgumentParser()
+    add_run_parser(parser.add_subparsers())
+    args = parser.parse_args(["run", str(mlp_plan[2]), "--local", "--no-emulation"])
+    assert args.func(args) == 1
+    assert "--inputs FILE" in capsys.readouterr().err
