@@ -4,9 +4,10 @@
    host's roofline (dora_fx.cost_models.calibrate); print predicted vs measured per
    microbenchmark and the median error per op class.
 2. Whole models on the host, batch 8: predicted time of one forward pass (sum of the node
-   rooflines of the captured graph with the calibrated host device) vs measured eager time
-   (fastest of several runs), for GPT-2 small (12 layers, 768 wide, 128 tokens) and
-   MobileNetV2 (1.0, 224x224).
+   rooflines of the captured graph with the calibrated host device) vs measured eager time,
+   for GPT-2 small (12 layers, 768 wide, 128 tokens) and MobileNetV2 (1.0, 224x224).
+   Microbenchmarks and models are measured in interleaved rounds and the fastest time of each
+   is kept: on a shared machine, other work only ever adds time.
 3. Simulator speed: 10,000 requests through a 6-stage plan of GPT-2 small's blocks on
    edge_cluster(6), open loop at 80% of capacity, timeline recorded.
 
@@ -21,12 +22,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 from dora_fx import models
 from dora_fx.cost_models.calibrate import (
+    Measurement,
     annotated_graph,
     fit_device,
     measure_host,
@@ -45,28 +49,82 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     out = [line, "-" * len(line)]
-    out += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    out += [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
     return "\n".join(out)
 
 
 def _six_stage_plan(n_blocks: int) -> Plan:
     bounds = [round(i * n_blocks / 6) for i in range(7)]
-    return Plan("six-even", tuple(Stage(i, bounds[i], bounds[i + 1], (f"jetson{i}",)) for i in range(6)))
+    return Plan(
+        "six-even", tuple(Stage(i, bounds[i], bounds[i + 1], (f"jetson{i}",)) for i in range(6))
+    )
+
+
+def _time_model(name: str) -> float:
+    """Fastest of two eager forward passes (after a warm-up) of a zoo model at batch 8."""
+    model, example = models.build(name, size="full", batch=8)
+    model.eval()
+    with torch.no_grad():
+        return time_call_s(lambda: model(*example), repeats=2, min_time_s=0.0)
+
+
+def _time_in_subprocess(name: str) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--time-model", name], check=True, capture_output=True, text=True
+    ).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["seconds"])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a smoke run)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer sizes and repeats (a smoke run)"
+    )
+    parser.add_argument("--time-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.time_model:
+        print(json.dumps({"seconds": _time_model(args.time_model)}))
+        return
     torch.manual_seed(0)
     repeats = 3 if args.quick else 7
 
-    # 1. calibration --------------------------------------------------------------------------
+    # Capture once; then measure in rounds, interleaving the microbenchmarks with the models
+    # and keeping the fastest of each, so that both see the same (least disturbed) machine.
+    # Each model is timed in a fresh process: the allocator state left by other work (here,
+    # the calibration's pools) changes eager time by up to 3x on this host (page faults of
+    # fresh large allocations), and a fresh process is what a deployed stage runs in.
+    graphs = {}
+    for name in ("gpt2", "mobilenetv2"):
+        model, example = models.build(name, size="full", batch=8)
+        graphs[name] = annotated_graph(model.eval(), example)
+        del model, example
+    rounds = 1 if args.quick else 3
+    rows: list[Measurement] = []
+    measured: dict[str, float] = {}
     start = time.perf_counter()
-    rows = measure_host(repeats=repeats, quick=args.quick)
+    for _ in range(rounds):
+        for name in graphs:
+            measured[name] = min(measured.get(name, float("inf")), _time_in_subprocess(name))
+        fresh = measure_host(repeats=repeats, quick=args.quick)
+        rows = (
+            fresh
+            if not rows
+            else [min(a, b, key=lambda r: r.measured_s) for a, b in zip(rows, fresh, strict=True)]
+        )
+    measure_s = time.perf_counter() - start
     host = fit_device(rows)
-    calibrate_s = time.perf_counter() - start
-    print(f"host: {torch.get_num_threads()} threads, calibrated in {calibrate_s:.1f} s")
+
+    # 1. calibration --------------------------------------------------------------------------
+    print(
+        f"host: {torch.get_num_threads()} threads; {rounds} rounds of measurements in {measure_s:.1f} s"
+    )
     print(
         f"fitted roofline: dense {host.dense_flops_per_s / 1e9:.1f} GFLOP/s, other "
         f"{host.effective_other_flops_per_s / 1e9:.2f} GFLOP/s, memory "
@@ -77,39 +135,52 @@ def main() -> None:
         predicted = r.predicted_s(host)
         err = abs(predicted - r.measured_s) / r.measured_s
         errors.setdefault(r.op_class, []).append(err)
-        table.append([r.name, r.op_class, f"{r.measured_s * 1e3:.4f}", f"{predicted * 1e3:.4f}", f"{err:.1%}"])
+        table.append(
+            [
+                r.name,
+                r.op_class,
+                f"{r.measured_s * 1e3:.4f}",
+                f"{predicted * 1e3:.4f}",
+                f"{err:.1%}",
+            ]
+        )
     print(_table(["microbenchmark", "class", "measured ms", "predicted ms", "error"], table))
     class_errors = {k: statistics.median(v) for k, v in errors.items()}
-    print("\nmedian error per op class: " + ", ".join(f"{k} {v:.1%}" for k, v in class_errors.items()))
+    print(
+        "\nmedian error per op class: " + ", ".join(f"{k} {v:.1%}" for k, v in class_errors.items())
+    )
 
     # 2. whole models --------------------------------------------------------------------------
-    results, problems = {}, {}
-    for name in ("gpt2", "mobilenetv2"):
-        model, example = models.build(name, size="full", batch=8)
-        model.eval()
-        gm, symbols, batch = annotated_graph(model, example)
+    results = {}
+    for name, (gm, symbols, batch) in graphs.items():
         by_class = predict_graph_s(gm, symbols, host, batch)
         predicted = sum(by_class.values())
-        with torch.no_grad():
-            measured = time_call_s(lambda model=model, example=example: model(*example),
-                                   repeats=2 if args.quick else 5, min_time_s=0.0)
         results[name] = {
             "predicted_s": predicted,
-            "measured_s": measured,
-            "error": abs(predicted - measured) / measured,
+            "measured_s": measured[name],
+            "error": abs(predicted - measured[name]) / measured[name],
             "predicted_dense_s": by_class["dense"],
             "predicted_other_s": by_class["other"],
         }
-        if name == "gpt2":
-            blocks, input_bytes = coarsen(gm, symbols).at(8)
-            problems[name] = (blocks, input_bytes)
-        del model, gm
+    gm, symbols, _ = graphs["gpt2"]
+    problems = {"gpt2": coarsen(gm, symbols).at(8)}
     print()
-    print(_table(
-        ["model (batch 8)", "measured s", "predicted s", "dense s", "other s", "error"],
-        [[n, f"{r['measured_s']:.4f}", f"{r['predicted_s']:.4f}", f"{r['predicted_dense_s']:.4f}",
-          f"{r['predicted_other_s']:.4f}", f"{r['error']:.1%}"] for n, r in results.items()],
-    ))
+    print(
+        _table(
+            ["model (batch 8)", "measured s", "predicted s", "dense s", "other s", "error"],
+            [
+                [
+                    n,
+                    f"{r['measured_s']:.4f}",
+                    f"{r['predicted_s']:.4f}",
+                    f"{r['predicted_dense_s']:.4f}",
+                    f"{r['predicted_other_s']:.4f}",
+                    f"{r['error']:.1%}",
+                ]
+                for n, r in results.items()
+            ],
+        )
+    )
 
     # 3. simulator speed -----------------------------------------------------------------------
     blocks, input_bytes = problems["gpt2"]
@@ -130,20 +201,24 @@ def main() -> None:
         f"throughput {result.throughput_rps:.3f} req/s vs capacity {capacity:.3f}"
     )
 
-    print(json.dumps({
-        "gpt2_error": results["gpt2"]["error"],
-        "mobilenetv2_error": results["mobilenetv2"]["error"],
-        "sim_10k_requests_s": sim_s,
-        "gpt2_predicted_s": results["gpt2"]["predicted_s"],
-        "gpt2_measured_s": results["gpt2"]["measured_s"],
-        "mobilenetv2_predicted_s": results["mobilenetv2"]["predicted_s"],
-        "mobilenetv2_measured_s": results["mobilenetv2"]["measured_s"],
-        "op_class_median_error": class_errors,
-        "host_dense_flops_per_s": host.dense_flops_per_s,
-        "host_memory_bandwidth_bytes_per_s": host.memory_bandwidth_bytes_per_s,
-        "host_op_overhead_s": host.op_overhead_s,
-        "calibrate_s": calibrate_s,
-    }))
+    print(
+        json.dumps(
+            {
+                "gpt2_error": results["gpt2"]["error"],
+                "mobilenetv2_error": results["mobilenetv2"]["error"],
+                "sim_10k_requests_s": sim_s,
+                "gpt2_predicted_s": results["gpt2"]["predicted_s"],
+                "gpt2_measured_s": results["gpt2"]["measured_s"],
+                "mobilenetv2_predicted_s": results["mobilenetv2"]["predicted_s"],
+                "mobilenetv2_measured_s": results["mobilenetv2"]["measured_s"],
+                "op_class_median_error": class_errors,
+                "host_dense_flops_per_s": host.dense_flops_per_s,
+                "host_memory_bandwidth_bytes_per_s": host.memory_bandwidth_bytes_per_s,
+                "host_op_overhead_s": host.op_overhead_s,
+                "measure_s": measure_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

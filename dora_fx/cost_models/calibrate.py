@@ -10,8 +10,14 @@
 Fitting, with ``t' = t - op_overhead_s`` (the time past dispatch):
 
 * ``op_overhead_s`` = median time of the tiny op;
-* ``memory_bandwidth_bytes_per_s`` = median of ``bytes / t'`` over the copies (pure traffic:
-  the bytes are counted as annotate_costs counts them, inputs read + output written);
+* ``memory_bandwidth_bytes_per_s`` = total bytes / total ``t'`` over the copies (pure traffic,
+  counted as annotate_costs counts it: input read + output written). The copies are sized like
+  activations (1 MB to 256 MB: a batch-8 CNN's early feature maps are ~40 MB, GPT-2's logits
+  ~200 MB), read from a pool larger than the caches and written to fresh outputs, so the figure
+  is the rate a stream of activations moves at, allocation included. On this kind of host that
+  is far below the cache or DRAM peak: outputs above the allocator's mmap threshold (32 MB in
+  glibc) are fresh pages every time, and their page faults dominate (measured here: 30-60 GB/s
+  for cached 1-16 MB copies, about 5 GB/s for 64-256 MB ones);
 * ``dense_flops_per_s`` = median of ``FLOPs / t'`` over matmuls and convs;
 * ``other_flops_per_s`` = the highest ``FLOPs / t'`` an elementwise op reached (a roofline's
   compute roof is at least what was achieved).
@@ -92,6 +98,22 @@ def time_call_s(fn: Callable[[], Any], repeats: int = 5, min_time_s: float = 0.0
     return min(samples)
 
 
+_POOL_BYTES = 256 << 20
+
+
+def _cycling(fn: Callable[..., Any], pool: list[torch.Tensor], arity: int) -> Callable[[], Any]:
+    """A call of ``fn`` on the next ``arity`` tensors of ``pool``, round robin, so that
+    consecutive calls touch different memory."""
+    state = {"i": 0}
+
+    def call() -> Any:
+        i = state["i"]
+        state["i"] = (i + arity) % len(pool)
+        return fn(*(pool[(i + k) % len(pool)] for k in range(arity)))
+
+    return call
+
+
 def _f32_bytes(*numels: int) -> float:
     return 4.0 * sum(numels)
 
@@ -114,36 +136,39 @@ def measure_host(repeats: int = 5, quick: bool = False) -> list[Measurement]:
             )
         )
 
-        sizes = [1 << 18, 1 << 20] if quick else [1 << 18, 1 << 20, 4 << 20]
-        for n in sizes:
-            x, y = torch.randn(n), torch.randn(n)
+        # Activation-sized tensors, from a pool larger than the caches, each call writing a
+        # fresh output: the traffic a model's stream of ops makes (see the module docstring).
+        for size_mb in (1, 16, 64) if quick else (1, 4, 16, 64, 256):
+            n = size_mb << 18  # float32 elements
+            pool = [torch.randn(n) for _ in range(max(2, _POOL_BYTES // (4 * n)))]
             rows.append(
                 Measurement(
-                    f"clone {n >> 10}K",
+                    f"clone {size_mb} MB",
                     "copy",
                     0.0,
                     _f32_bytes(n, n),
-                    time_call_s(x.clone, repeats),
+                    time_call_s(_cycling(torch.clone, pool, 1), repeats),
                 )
             )
             rows.append(
                 Measurement(
-                    f"add {n >> 10}K",
+                    f"add {size_mb} MB",
                     "elementwise",
                     float(n),
                     _f32_bytes(n, n, n),
-                    time_call_s(partial(torch.add, x, y), repeats),
+                    time_call_s(_cycling(torch.add, pool, 2), repeats),
                 )
             )
             rows.append(
                 Measurement(
-                    f"gelu {n >> 10}K",
+                    f"gelu {size_mb} MB",
                     "elementwise",
                     8.0 * n,
                     _f32_bytes(n, n),
-                    time_call_s(partial(torch.nn.functional.gelu, x), repeats),
+                    time_call_s(_cycling(torch.nn.functional.gelu, pool, 1), repeats),
                 )
             )
+            del pool
 
         shapes = (
             [(512, 512, 512), (1024, 768, 768)]
@@ -193,9 +218,8 @@ def fit_device(rows: list[Measurement], name: str = "host", **extra: Any) -> Dev
     def past_overhead(r: Measurement) -> float:
         return max(r.measured_s - overhead, 1e-9)
 
-    bandwidth = statistics.median(
-        r.bytes_moved / past_overhead(r) for r in rows if r.op_class == "copy"
-    )
+    copies = [r for r in rows if r.op_class == "copy"]
+    bandwidth = sum(r.bytes_moved for r in copies) / sum(past_overhead(r) for r in copies)
     dense = statistics.median(
         r.flops / past_overhead(r) for r in rows if r.op_class in ("matmul", "conv")
     )
