@@ -1,6 +1,6 @@
 """dora_fx: QoE-aware hybrid parallelism for distributed edge AI, as a torch.fx compiler."""
 
-from . import scenarios
+from . import baselines, scenarios
 from .api import CompiledModel, compile, load
 from .cost_models import Cluster, Device, Network
 from .errors import (
@@ -15,7 +15,9 @@ from .errors import (
     QoEError,
     VerificationError,
 )
+from .evaluate import Metrics, evaluate
 from .ir import Plan, Stage
+from .planner import PlanSet, solve
 from .problem import Block, Problem
 from .qoe import QoE
 
@@ -31,9 +33,11 @@ __all__ = [
     "DoraError",
     "InfeasibleQoEError",
     "InputError",
+    "Metrics",
     "Network",
     "PassError",
     "Plan",
+    "PlanSet",
     "PlanError",
     "PlanFolderError",
     "Problem",
@@ -41,7 +45,10 @@ __all__ = [
     "QoEError",
     "Stage",
     "VerificationError",
+    "baselines",
     "compile",
+    "evaluate",
     "load",
     "scenarios",
+    "solve",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .passes.partition import BALANCED_FLOPS
+from .sim.explain import predicted_lines
 
 if TYPE_CHECKING:
     from .pipeline import CompileState
@@ -26,7 +27,7 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
     blocks, input_bytes = state.chain.at(batch)
     plan = state.plan
     label = plan.name + (
-        " (spine partitioner: balanced by FLOPs; not network-, memory- or QoE-aware)"
+        " (FLOP-balanced split for a fixed stage count; not network-, memory- or QoE-aware)"
         if plan.name == BALANCED_FLOPS
         else ""
     )
@@ -62,6 +63,10 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
             "ops with no FLOP formula (counted as 0 FLOPs, bytes still counted): "
             + ", ".join(state.missing_formulas)
         )
+    if state.problem is not None and batch == state.problem.batch:
+        lines += ["", *predicted_lines(plan, state.problem)]
+    if state.plan_set is not None:
+        lines += ["", state.plan_set.describe()]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@
     capture         model            -> flat ATen GraphModule (torch.export; symbolic_trace fallback)
     annotate_costs  GraphModule      -> node.meta["dora.cost"]: sympy FLOPs / bytes per node
     coarsen         GraphModule      -> BlockChain: blocks at valid, low-traffic cut points
-    partition       Problem          -> Plan        (pure; spine: balanced by FLOPs)
+    partition       Problem          -> PlanSet     (pure: planner.solve; QoE-aware, certified gap)
     insert_comm     GraphModule+Plan -> one GraphModule per stage with send/recv nodes
     codegen         stage graphs     -> readable standalone Python per stage
 
@@ -36,6 +36,7 @@ from .passes.codegen import stage_source
 from .passes.insert_comm import StageProgram, insert_comm, stage_transfers
 from .passes.partition import balanced_flops_plan, check_plan
 from .passes.verify import verify_state
+from .planner import PlanSet, solve
 from .problem import Problem
 from .qoe import QoE
 from .runtime.local import StageModule
@@ -56,6 +57,7 @@ class CompileState:
     seq_dim: int | None = None
     max_blocks: int = 100
     given_plan: Plan | None = None
+    plan_set: PlanSet | None = None
     captured: Captured | None = None
     symbols: CostSymbols | None = None
     missing_formulas: list[str] = field(default_factory=list)
@@ -92,8 +94,11 @@ def _partition(state: CompileState) -> None:
     state.problem = Problem(tuple(blocks), state.cluster, state.qoe, state.qoe.batch, input_bytes)
     if state.given_plan is not None:
         state.plan = check_plan(state.given_plan, state.problem)
-    else:
+    elif state.num_stages is not None:  # a fixed stage count: the spine's FLOP-balanced split
         state.plan = balanced_flops_plan(state.problem, state.num_stages)
+    else:
+        state.plan_set = solve(state.problem)
+        state.plan = state.plan_set.best
 
 
 def _insert_comm(state: CompileState) -> None:

@@ -87,7 +87,8 @@ def test_wrong_inputs_at_call_time():
 @pytest.fixture
 def saved(tmp_path):
     model, inputs = build("mlp")
-    return dora_fx.compile(model, CLUSTER, example_inputs=inputs).save(tmp_path / "plan"), inputs
+    compiled = dora_fx.compile(model, CLUSTER, example_inputs=inputs, num_stages=2)
+    return compiled.save(tmp_path / "plan"), inputs
 
 
 def test_missing_file(saved):

@@ -36,7 +36,7 @@ class SymBlock:
     flops: sympy.Expr
     dense_flops: sympy.Expr
     bytes_moved: sympy.Expr
-    out_bytes: sympy.Expr  # live tensors crossing the cut after this block
+    out_bytes: sympy.Expr  # live tensors crossing the cut after this block (last: the outputs)
     param_bytes: sympy.Expr
 
 
@@ -117,12 +117,17 @@ def coarsen(
     valid = [
         i for i in range(len(nodes) - 1) if all(_is_sendable(v) for v in crossing[i])
     ]
+    node_flops = compile_costs([n.meta[COST_KEY].flops for n in nodes], symbols)(1.0)
     cuts = _module_cuts(nodes, valid, max_blocks)
     if len(cuts) + 1 > max_blocks:
-        cuts = _even_cuts(nodes, cuts, max_blocks, symbols)
+        cuts = _even_cuts(cuts, max_blocks, node_flops)
+    cuts = _merge_negligible(cuts, node_flops)
     bounds = [0] + [c + 1 for c in cuts] + [len(nodes)]
+    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+    # after the last block, what "crosses" is the model's output (to whoever asked for it)
+    results = [v for v in output.args[0] if isinstance(v, torch.fx.Node) and v.op != "get_attr"]
     blocks = [
-        _make_block(k, nodes, start, stop, crossing[stop - 1] if stop < len(nodes) else [])
+        _make_block(k, nodes, start, stop, crossing[stop - 1] if stop < len(nodes) else results)
         for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:]))
     ]
     input_bytes = sum(
@@ -141,11 +146,22 @@ def _module_cuts(nodes: list[torch.fx.Node], valid: list[int], max_blocks: int) 
     return best or valid
 
 
-def _even_cuts(
-    nodes: list[torch.fx.Node], cuts: list[int], max_blocks: int, symbols: CostSymbols
-) -> list[int]:
+def _merge_negligible(cuts: list[int], node_flops: np.ndarray, fraction: float = 1e-5) -> list[int]:
+    """Drop cuts that would close a block doing almost nothing (shape arithmetic, position ids):
+    such a block is worthless as a stage and only tempts the planner into an idle hop."""
+    total = float(node_flops.sum()) or 1.0
+    kept, start = [], 0
+    for cut in cuts:
+        if node_flops[start : cut + 1].sum() >= fraction * total:
+            kept.append(cut)
+            start = cut + 1
+    if kept and node_flops[start:].sum() < fraction * total:
+        kept.pop()  # the last block is negligible: merge it into the one before
+    return kept
+
+
+def _even_cuts(cuts: list[int], max_blocks: int, flops: np.ndarray) -> list[int]:
     """Keep the candidate cuts nearest to evenly spaced FLOP quantiles."""
-    flops = compile_costs([n.meta[COST_KEY].flops for n in nodes], symbols)(1.0)
     cumulative = np.cumsum(flops + 1.0)  # +1: spread FLOP-free runs by node count too
     at_cut = cumulative[cuts]
     targets = cumulative[-1] * np.arange(1, max_blocks) / max_blocks
