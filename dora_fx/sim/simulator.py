@@ -255,6 +255,8 @@ class _Run:
         self.flow_meta[fid] = (t, request, mb, to_stage, sender)
         if t.src == t.dst:
             # same device: the tensor is handed over in memory
+            if sender >= 0:
+                self.live[sender] -= t.nbytes
             self._deliver(fid, now)
             return
         key = (t.src, t.dst)

@@ -162,3 +162,11 @@ def test_bad_plans_and_configs_are_refused():
         SimConfig(request_rate_rps=-1.0)
     with pytest.raises(PlanError, match="source device 'toaster' is not in cluster"):
         simulate(pipeline(["laptop"], 6), problem, source="toaster")
+
+
+def test_memory_is_released_when_a_device_hands_a_tensor_to_itself():
+    problem = chain_problem(smart_home())
+    plan = pipeline(["laptop", "laptop", "jetson"], 6)
+    few = simulate(plan, problem, requests=2).peak_memory_bytes
+    many = simulate(plan, problem, requests=30).peak_memory_bytes
+    assert many == few
