@@ -13,6 +13,7 @@ from .errors import (
     PlanError,
     PlanFolderError,
     QoEError,
+    RankFailedError,
     VerificationError,
 )
 from .evaluate import Metrics, evaluate
@@ -43,6 +44,7 @@ __all__ = [
     "Problem",
     "QoE",
     "QoEError",
+    "RankFailedError",
     "Stage",
     "VerificationError",
     "baselines",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +18,10 @@ from .ir import Plan
 from .passes.insert_comm import tensor_spec
 from .pipeline import CompileState, run_passes
 from .qoe import QoE
+from .runtime.launch import DistributedResult
 from .runtime.local import LocalPipeline
 from .serialize import LoadedModel, load, save_folder
+from .sim import SimConfig, SimResult, simulate
 
 __all__ = ["compile", "CompiledModel", "load", "LoadedModel"]
 
@@ -79,6 +82,7 @@ class CompiledModel(LocalPipeline):
         captured = state.captured
         values = [n.meta.get("val") for n in captured.gm.graph.nodes if n.op == "placeholder"]
         specs = [tensor_spec(v, captured.symbols) for v in values]
+        self.input_shapes = [None if s is None else s["shape"] for s in specs]
         super().__init__(
             state.stages,
             captured.in_spec,
@@ -95,6 +99,25 @@ class CompiledModel(LocalPipeline):
     def explain(self, batch: int | None = None) -> str:
         return explain_state(self.state, self.notes, batch)
 
+    def simulate(self, config: SimConfig | None = None, **options: Any) -> SimResult:
+        """Simulate the chosen plan on the cluster (see ``dora_fx.sim.SimConfig`` for options:
+        requests, request_rate_rps, microbatches, concurrency, ...)."""
+        assert self.state.problem is not None
+        return simulate(self.plan, self.state.problem, config or SimConfig(**options))
+
+    def run_distributed(
+        self, requests: Sequence[Any], *, path: str | Path | None = None, **options: Any
+    ) -> DistributedResult:
+        """Save the plan and run it for real, one process per device on this machine
+        (torch.distributed, gloo), emulating each device and link by default. ``requests``:
+        tuples of inputs; ``options`` go to ``dora_fx.runtime.launch.run_local``."""
+        from .runtime.launch import run_local
+
+        if path is not None:
+            return run_local(self.save(path), requests, **options)
+        with tempfile.TemporaryDirectory(prefix="dora_plan_") as folder:
+            return run_local(self.save(folder), requests, **options)
+
     def save(self, path: str | Path) -> Path:
         return save_folder(
             path,
@@ -104,6 +127,7 @@ class CompiledModel(LocalPipeline):
             out_spec=self.out_spec,
             input_meta=self.input_meta,
             input_batch_dims=self.input_batch_dims,
+            input_shapes=self.input_shapes,
             extra={"cluster": self.cluster.to_json(), "qoe": self.qoe.to_json()},
         )
 

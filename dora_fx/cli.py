@@ -1,6 +1,8 @@
-"""``dora-fx``: plan a model onto a scenario cluster from the command line.
+"""``dora-fx``: plan, simulate and run from the command line.
 
     dora-fx plan --model gpt2 --scenario smart_home --latency-ms 200 --out out/
+    dora-fx simulate --model gpt2 --scenario smart_home --out sim/   # Gantt PNG + Chrome trace
+    dora-fx run out/ --local --model gpt2 --batch 8                  # one process per device
 """
 
 from __future__ import annotations
@@ -55,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder for stage_K.py, weights and plan.json (default: out)")
     plan.add_argument("--no-check", action="store_true",
                       help="skip loading the saved folder and comparing its output with the model's")
-    plan.set_defaults(run=run_plan)
+    plan.set_defaults(func=run_plan)
+    from .runtime.cli_run import add_run_parser
+    from .sim.cli import add_simulate_parser
+
+    add_simulate_parser(commands)
+    add_run_parser(commands)
     return parser
 
 
@@ -95,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", module="transformers")
     try:
-        return int(args.run(args))
+        return int(args.func(args))
     except DoraError as exc:
         print(f"dora-fx: error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ def save_folder(
     out_spec: pytree.TreeSpec,
     input_meta: list[tuple[int, torch.dtype] | None],
     input_batch_dims: list[int | None],
+    input_shapes: list[list[int | str] | None],
     extra: dict[str, Any],
 ) -> Path:
     folder = Path(path)
@@ -73,8 +74,8 @@ def save_folder(
         "in_spec": pytree.treespec_dumps(in_spec),
         "out_spec": pytree.treespec_dumps(out_spec),
         "inputs": [
-            None if m is None else {"ndim": m[0], "dtype": str(m[1]), "batch_dim": d}
-            for m, d in zip(input_meta, input_batch_dims)
+            None if m is None else {"ndim": m[0], "dtype": str(m[1]), "batch_dim": d, "shape": s}
+            for m, d, s in zip(input_meta, input_batch_dims, input_shapes)
         ],
         "stages": stage_entries,
         "files": files,

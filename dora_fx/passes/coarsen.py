@@ -38,6 +38,7 @@ class SymBlock:
     bytes_moved: sympy.Expr
     out_bytes: sympy.Expr  # live tensors crossing the cut after this block (last: the outputs)
     param_bytes: sympy.Expr
+    ops: int  # nodes that cost time (views and shape queries are free)
 
 
 @dataclass
@@ -60,7 +61,7 @@ class BlockChain:
             Block(
                 flops=float(row[0]), dense_flops=float(row[1]), bytes=float(row[2]),
                 out_bytes=float(row[3]), param_bytes=float(row[4]),
-                ops=b.node_stop - b.node_start, name=b.name,
+                ops=b.ops, name=b.name,
             )
             for b, row in zip(self.blocks, rows)
         ]
@@ -187,4 +188,5 @@ def _make_block(
         bytes_moved=sum((c.bytes_moved for c in costs), ZERO),
         out_bytes=sum((v.meta[COST_KEY].output_bytes for v in live), ZERO),
         param_bytes=sum((w.meta[COST_KEY].output_bytes for w in weights), ZERO),
+        ops=sum(c.op_class != "view" for c in costs),
     )

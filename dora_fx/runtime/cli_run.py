@@ -103,15 +103,16 @@ def _calibrated_host() -> Any:
 
 
 def _progress_bar(total: int) -> Any:
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    bar = tqdm(total=total, unit="req", desc="requests", file=sys.stderr)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    progress = Progress(console=Console(stderr=True), transient=True)
+    task = progress.add_task("requests", total=total)
+    progress.start()
 
     def update(done: int, _total: int) -> None:
-        bar.update(done - bar.n)
+        progress.update(task, completed=done)
         if done >= total:
-            bar.close()
+            progress.stop()
 
     return update

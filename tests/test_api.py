@@ -1,0 +1,36 @@
+"""The CompiledModel's doors to the simulator and the distributed runtime."""
+
+import torch
+
+import dora_fx
+from dora_fx.models import build
+
+
+def _compiled():
+    model, inputs = build("mlp")
+    cluster = dora_fx.scenarios.edge_cluster(4)
+    return model, inputs, dora_fx.compile(model, cluster, dora_fx.QoE(batch=2), example_inputs=inputs, num_stages=2)
+
+
+def test_simulate_the_chosen_plan():
+    _, _, compiled = _compiled()
+    result = compiled.simulate(requests=20)
+    assert result.latency_p50_s > 0 and result.throughput_rps > 0
+
+
+def test_run_distributed_gives_the_model_outputs():
+    model, inputs, compiled = _compiled()
+    result = compiled.run_distributed([inputs] * 4, emulate=False, timeout_s=30.0, warmup=1)
+    with torch.no_grad():
+        expected = model(*inputs)
+    assert len(result.outputs) == 4
+    for output in result.outputs:
+        torch.testing.assert_close(output, expected)
+
+
+def test_explain_shows_the_plan_set_and_predictions():
+    model, inputs = build("mlp")
+    compiled = dora_fx.compile(model, dora_fx.scenarios.edge_cluster(4), dora_fx.QoE(batch=2), example_inputs=inputs)
+    text = compiled.explain()
+    assert "plan set:" in text and "certified lower bound" in text and "chosen:" in text
+    assert "predicted (" in text
