@@ -104,13 +104,27 @@ def optimality(n_problems: int) -> dict[str, object]:
 # -- model problems ---------------------------------------------------------------------------
 
 
+def _graph_code_hash() -> str:
+    """Blocks depend on the capture/cost/coarsen code: a change there invalidates the cache."""
+    import hashlib
+
+    import dora_fx
+
+    root = Path(dora_fx.__file__).parent
+    digest = hashlib.sha256()
+    for part in ("capture.py", "models.py", "passes/annotate_costs.py", "passes/op_costs.py",
+                 "passes/coarsen.py"):
+        digest.update((root / part).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def model_blocks(name: str, batch: int) -> tuple[list[Block], float]:
-    path = CACHE / f"{name}_b{batch}.json"
+    path = CACHE / _graph_code_hash() / f"{name}_b{batch}.json"
     if not path.exists():
         from dora_fx.models import build
         from dora_fx.pipeline import PASSES, CompileState, run_passes
 
-        CACHE.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         model, inputs = build(name, size="full", batch=2)
         state = CompileState(model, inputs, {}, scenarios.edge_cluster(2), QoE())
         run_passes(state, PASSES[:3])
@@ -118,7 +132,7 @@ def model_blocks(name: str, batch: int) -> tuple[list[Block], float]:
         for b in (1, 8):
             blocks, input_bytes = state.chain.at(b)
             doc = {"input_bytes": input_bytes, "blocks": [vars(x) for x in blocks]}
-            (CACHE / f"{name}_b{b}.json").write_text(json.dumps(doc))
+            (path.parent / f"{name}_b{b}.json").write_text(json.dumps(doc))
     doc = json.loads(path.read_text())
     return [Block(**b) for b in doc["blocks"]], doc["input_bytes"]
 
