@@ -3,21 +3,23 @@
 ``calibrate()`` times small microbenchmarks with eager PyTorch, as the stages will run:
 
 * ``overhead``: a one-element add, thousands of times: the per-op dispatch cost;
-* ``copy``: ``clone`` of tensors of a few sizes: memory bandwidth;
-* ``elementwise``: ``add`` and ``gelu`` (memory-bound, ``other`` class);
+* ``copy``: clone, transposed copy, pad (no arithmetic): memory bandwidth;
+* ``elementwise``: add, hardtanh, gelu, batch_norm, layer_norm, softmax (``other`` class);
 * ``matmul`` and ``conv``: the ``dense`` class.
 
 Fitting, with ``t' = t - op_overhead_s`` (the time past dispatch):
 
 * ``op_overhead_s`` = median time of the tiny op;
-* ``memory_bandwidth_bytes_per_s`` = total bytes / total ``t'`` over the copies (pure traffic,
-  counted as annotate_costs counts it: input read + output written). The copies are sized like
-  activations (1 MB to 256 MB: a batch-8 CNN's early feature maps are ~40 MB, GPT-2's logits
-  ~200 MB), read from a pool larger than the caches and written to fresh outputs, so the figure
-  is the rate a stream of activations moves at, allocation included. On this kind of host that
-  is far below the cache or DRAM peak: outputs above the allocator's mmap threshold (32 MB in
-  glibc) are fresh pages every time, and their page faults dominate (measured here: 30-60 GB/s
-  for cached 1-16 MB copies, about 5 GB/s for 64-256 MB ones);
+* ``memory_bandwidth_bytes_per_s`` = median of ``bytes / t'`` over the memory-bound ops (at
+  most one FLOP per byte): the
+  copies and elementwise ops DNNs run (clone, transposed copy, pad, add, hardtanh, gelu,
+  batch_norm, layer_norm, softmax) on activation-sized tensors (1 to 64 MB), read round robin
+  from a pool larger than the caches and written to fresh outputs, bytes counted as
+  annotate_costs counts them (inputs read + output written). It is the bandwidth DNN kernels
+  reach here, not the copy peak: on this kind of host a plain copy of a cached-size tensor
+  runs at 30-50 GB/s, normalization and padding kernels at a fraction of that, and outputs
+  above the allocator's mmap threshold (32 MB in glibc) pay page faults on every call
+  (about 5 GB/s);
 * ``dense_flops_per_s`` = median of ``FLOPs / t'`` over matmuls and convs;
 * ``other_flops_per_s`` = the highest ``FLOPs / t'`` an elementwise op reached (a roofline's
   compute roof is at least what was achieved).
@@ -99,6 +101,31 @@ def time_call_s(fn: Callable[[], Any], repeats: int = 5, min_time_s: float = 0.0
 
 
 _POOL_BYTES = 256 << 20
+_F = torch.nn.functional
+
+
+def _fmap(x: torch.Tensor) -> torch.Tensor:
+    return x.view(-1, 16, 64, 64)
+
+
+def _batch_norm(x: torch.Tensor) -> torch.Tensor:
+    ones = torch.ones(16)
+    return _F.batch_norm(_fmap(x), ones, ones, ones, ones, training=False)
+
+
+# name, class, function, tensors read, FLOPs per element (as annotate_costs counts them),
+# output elements per input element
+_MEMORY_OPS: list[tuple[str, str, Callable[..., Any], int, float, float]] = [
+    ("clone", "copy", torch.clone, 1, 0.0, 1.0),
+    ("transpose copy", "copy", lambda x: x.view(-1, 256).t().contiguous(), 1, 0.0, 1.0),
+    ("pad", "copy", lambda x: _F.pad(_fmap(x), (1, 1, 1, 1)), 1, 0.0, 66 * 66 / 4096),
+    ("add", "elementwise", torch.add, 2, 1.0, 1.0),
+    ("hardtanh", "elementwise", lambda x: _F.hardtanh(x, 0.0, 6.0), 1, 2.0, 1.0),
+    ("gelu", "elementwise", _F.gelu, 1, 8.0, 1.0),
+    ("batch_norm", "elementwise", _batch_norm, 1, 2.0, 1.0),
+    ("layer_norm", "elementwise", lambda x: _F.layer_norm(x.view(-1, 256), (256,)), 1, 5.0, 1.0),
+    ("softmax", "elementwise", lambda x: torch.softmax(x.view(-1, 256), -1), 1, 5.0, 1.0),
+]
 
 
 def _cycling(fn: Callable[..., Any], pool: list[torch.Tensor], arity: int) -> Callable[[], Any]:
@@ -136,38 +163,21 @@ def measure_host(repeats: int = 5, quick: bool = False) -> list[Measurement]:
             )
         )
 
-        # Activation-sized tensors, from a pool larger than the caches, each call writing a
-        # fresh output: the traffic a model's stream of ops makes (see the module docstring).
-        for size_mb in (1, 16, 64) if quick else (1, 4, 16, 64, 256):
-            n = size_mb << 18  # float32 elements
+        # Memory-bound ops DNNs run, on activation-sized tensors drawn round robin from a pool
+        # larger than the caches, each call writing a fresh output (see the module docstring).
+        for size_mb in (1, 16) if quick else (1, 4, 16, 64):
+            n = size_mb << 18  # float32 elements: (4 * size_mb, 16, 64, 64) as a feature map
             pool = [torch.randn(n) for _ in range(max(2, _POOL_BYTES // (4 * n)))]
-            rows.append(
-                Measurement(
-                    f"clone {size_mb} MB",
-                    "copy",
-                    0.0,
-                    _f32_bytes(n, n),
-                    time_call_s(_cycling(torch.clone, pool, 1), repeats),
+            for name, op_class, fn, arity, flops_per_element, out_elements in _MEMORY_OPS:
+                rows.append(
+                    Measurement(
+                        f"{name} {size_mb} MB",
+                        op_class,
+                        flops_per_element * n,
+                        _f32_bytes(arity * n, int(out_elements * n)),
+                        time_call_s(_cycling(fn, pool, arity), repeats),
+                    )
                 )
-            )
-            rows.append(
-                Measurement(
-                    f"add {size_mb} MB",
-                    "elementwise",
-                    float(n),
-                    _f32_bytes(n, n, n),
-                    time_call_s(_cycling(torch.add, pool, 2), repeats),
-                )
-            )
-            rows.append(
-                Measurement(
-                    f"gelu {size_mb} MB",
-                    "elementwise",
-                    8.0 * n,
-                    _f32_bytes(n, n),
-                    time_call_s(_cycling(torch.nn.functional.gelu, pool, 1), repeats),
-                )
-            )
             del pool
 
         shapes = (
@@ -218,8 +228,12 @@ def fit_device(rows: list[Measurement], name: str = "host", **extra: Any) -> Dev
     def past_overhead(r: Measurement) -> float:
         return max(r.measured_s - overhead, 1e-9)
 
-    copies = [r for r in rows if r.op_class == "copy"]
-    bandwidth = sum(r.bytes_moved for r in copies) / sum(past_overhead(r) for r in copies)
+    # memory-bound: at most one FLOP per byte moved
+    bandwidth = statistics.median(
+        r.bytes_moved / past_overhead(r)
+        for r in rows
+        if r.op_class in ("copy", "elementwise") and r.flops <= r.bytes_moved
+    )
     dense = statistics.median(
         r.flops / past_overhead(r) for r in rows if r.op_class in ("matmul", "conv")
     )
