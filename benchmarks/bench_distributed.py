@@ -185,9 +185,91 @@ def prediction_check(
     return rows
 
 
+PEER_CASES = [("gpt2", "small"), ("mobilenetv2", "small")]
+
+
+def _peer_model(name: str, size: str, batch: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The zoo's model, except GPT-2 "small" (2 layers) gets 8 so that four evenly spaced
+    stages exist: 8 layers, 128 wide, sequence 32."""
+    from dora_fx import models
+
+    if name != "gpt2" or size == "full":
+        return models.build(name, size=size, batch=batch)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_layer=8, n_embd=128, n_head=4, vocab_size=512, n_positions=64, use_cache=False,
+        bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    tokens = torch.randint(0, 512, (batch, 32), generator=torch.Generator().manual_seed(0))
+    return GPT2LMHeadModel(config).eval(), (tokens,)
+
+
+def peer_check(
+    work: Path, host: dora_fx.Device, cases: list[tuple[str, str]], requests: int, batch: int
+) -> list[dict[str, Any]]:
+    """Each (model, size) on emulated smart_home: torch.distributed.pipelining over the four
+    devices in the scenario's order (evenly spaced SplitPoints, ScheduleGPipe) vs Dora's plan
+    for QoE(objective="throughput"); same requests, batch, closed loop and emulation."""
+    from dora_fx.runtime.peer_pipelining import even_split_points, run_pipelining
+
+    rows = []
+    for name, size in cases:
+        model, example = _peer_model(name, size, batch)
+        cluster = dora_fx.scenarios.smart_home()
+        devices = [d.name for d in cluster.devices]
+        generator = torch.Generator().manual_seed(1)
+        stream = [
+            tuple(
+                torch.randint(0, 512, x.shape, generator=generator)
+                if x.dtype == torch.int64
+                else torch.randn(x.shape, generator=generator)
+                for x in example
+            )
+            for _ in range(requests)
+        ]
+        window = len(devices)  # requests in flight, both systems
+        points = even_split_points(model, len(devices))
+        peer = run_pipelining(
+            model, stream, devices, cluster=cluster, split_points=points, host=host,
+            in_flight=window, keep_outputs=False,
+        )  # fmt: skip
+        qoe = dora_fx.QoE(objective="throughput", batch=batch)
+        compiled = dora_fx.compile(model, cluster, qoe, example_inputs=example)
+        folder = compiled.save(work / f"peer_{name}_{size}")
+        dora = run_local(
+            folder, stream, emulate=True, host=host, in_flight=window, keep_outputs=False
+        )
+        rows.append({
+            "model": f"{name} ({size})", "split": points, "plan": compiled.plan.to_text(),
+            "peer_throughput_rps": peer.throughput_rps, "peer_latency_s": peer.latency_p50_s,
+            "dora_throughput_rps": dora.throughput_rps, "dora_latency_s": dora.latency_p50_s,
+            "throughput_ratio": dora.throughput_rps / peer.throughput_rps,
+            "latency_ratio": dora.latency_p50_s / peer.latency_p50_s,
+            "peer_ranks": peer.ranks, "dora_ranks": dora.ranks,
+        })  # fmt: skip
+    print("\n== peer: torch.distributed.pipelining (GPipe, even split, 4 devices) vs Dora, "
+          "emulated smart_home ==")  # fmt: skip
+    print(f"{'model':<22} {'peer r/s':>9} {'peer ms':>8} {'dora r/s':>9} {'dora ms':>8} "
+          f"{'thr x':>6} {'lat x':>6}")  # fmt: skip
+    for r in rows:
+        print(f"{r['model']:<22} {r['peer_throughput_rps']:>9.1f} {r['peer_latency_s'] * 1e3:>8.2f} "
+              f"{r['dora_throughput_rps']:>9.1f} {r['dora_latency_s'] * 1e3:>8.2f} "
+              f"{r['throughput_ratio']:>6.2f} {r['latency_ratio']:>6.2f}")  # fmt: skip
+        print(f"    peer split at {', '.join(r['split'])}")
+        print("    dora " + r["plan"].replace("\n", "\n         "))
+        for who in ("peer", "dora"):
+            busy = ", ".join(
+                f"{x['device']} {x['busy_s'] / requests * 1e3:.2f}" for x in r[f"{who}_ranks"]
+            )
+            print(f"    {who} busy ms/request: {busy}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument("--only-peer", action="store_true", help="skip the other checks")
     args = parser.parse_args(argv)
     started = time.monotonic()
     torch.set_num_threads(1)  # ranks run one thread each: calibrate the host the same way
@@ -197,22 +279,35 @@ def main(argv: list[str] | None = None) -> int:
           f"{host.memory_bandwidth_bytes_per_s / 1e9:.1f} GB/s, op overhead "
           f"{host.op_overhead_s * 1e6:.1f} us")  # fmt: skip
     n = 4 if args.quick else 8
+    summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench_dist_") as tmp:
         work = Path(tmp)
-        link = link_check(work, host, n)
-        medium = medium_check(work, host, n)
-        cases = [
-            ("gpt2", "smart_home", 3), ("mobilenetv2", "smart_home", 3),
-            ("gpt2", "edge_cluster", 3), ("mobilenetv2", "edge_cluster", 3),
-        ]  # fmt: skip
-        rows = prediction_check(work, host, cases, 4 * n, batch=4)
-    summary = {
-        "emulated_bandwidth_error": round(link["error"], 4),
-        "shared_medium_split": [round(s, 4) for s in medium["split"]],
-        "median_latency_error": round(statistics.median(r["latency_error"] for r in rows), 4),
-        "median_throughput_error": round(statistics.median(r["throughput_error"] for r in rows), 4),
+        if not args.only_peer:
+            link = link_check(work, host, n)
+            medium = medium_check(work, host, n)
+            cases = [
+                ("gpt2", "smart_home", 3), ("mobilenetv2", "smart_home", 3),
+                ("gpt2", "edge_cluster", 3), ("mobilenetv2", "edge_cluster", 3),
+            ]  # fmt: skip
+            rows = prediction_check(work, host, cases, 4 * n, batch=4)
+            summary = {
+                "emulated_bandwidth_error": round(link["error"], 4),
+                "shared_medium_split": [round(s, 4) for s in medium["split"]],
+                "median_latency_error": round(statistics.median(r["latency_error"] for r in rows), 4),
+                "median_throughput_error": round(
+                    statistics.median(r["throughput_error"] for r in rows), 4
+                ),
+            }  # fmt: skip
+        peers = peer_check(work, host, PEER_CASES, 2 * n, batch=4)
+    best = max(peers, key=lambda r: r["throughput_ratio"])
+    summary.update({
+        "peer_throughput_ratio_best": round(best["throughput_ratio"], 3),
+        "peer_best_model": best["model"],
+        "peer_latency_ratio_best": round(best["latency_ratio"], 3),
+        "peer_throughput_ratio": {r["model"]: round(r["throughput_ratio"], 3) for r in peers},
+        "peer_latency_ratio": {r["model"]: round(r["latency_ratio"], 3) for r in peers},
         "wall_s": round(time.monotonic() - started, 1),
-    }
+    })  # fmt: skip
     print(json.dumps(summary))
     return 0
 

@@ -42,7 +42,15 @@ from ..cost_models.device import Device
 from ..errors import RankFailedError
 from .distributed import RunConfig, rank_table, run_rank
 
-__all__ = ["run_local", "DistributedResult", "free_port", "host_device", "main"]
+__all__ = [
+    "run_local",
+    "DistributedResult",
+    "free_port",
+    "host_device",
+    "spawn_ranks",
+    "run_worker",
+    "main",
+]
 
 _GRACE_S = 2.0  # (plus half the timeout) for other ranks to report after one fails
 
@@ -221,9 +229,30 @@ def _spawn_and_wait(
 ) -> None:
     from ..ir import Plan
 
-    table = rank_table(Plan.from_json(manifest["plan"]))
+    spawn_ranks(
+        "dora_fx.runtime.launch", config.to_json(), rank_table(Plan.from_json(manifest["plan"])),
+        run_dir, port, progress, timeout_s=config.timeout_s, threads=config.threads,
+        progress_path=config.progress_path,
+    )  # fmt: skip
+
+
+def spawn_ranks(
+    worker_module: str,
+    config: dict[str, Any],
+    table: Sequence[Any],
+    run_dir: str,
+    port: int,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    timeout_s: float,
+    threads: int = 1,
+    progress_path: str | None = None,
+) -> None:
+    """Start ``python -m worker_module --worker CONFIG`` once per rank of ``table`` (each entry
+    has ``rank`` and ``describe()``) on 127.0.0.1 and wait for all; on a failure, stop every
+    rank and raise ``RankFailedError`` naming the culprit (see ``run_local``)."""
     config_path = os.path.join(run_dir, "config.json")
-    Path(config_path).write_text(json.dumps(config.to_json()))
+    Path(config_path).write_text(json.dumps(config))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for info in table:
@@ -235,17 +264,17 @@ def _spawn_and_wait(
                 "RANK": str(info.rank),
                 "LOCAL_RANK": str(info.rank),
                 "WORLD_SIZE": str(len(table)),
-                "OMP_NUM_THREADS": str(config.threads),
+                "OMP_NUM_THREADS": str(threads),
                 "DORA_PARENT_PID": str(os.getpid()),
             }
-            cmd = [sys.executable, "-m", "dora_fx.runtime.launch", "--worker", config_path]
+            cmd = [sys.executable, "-m", worker_module, "--worker", config_path]
             with open(os.path.join(run_dir, f"rank_{info.rank}.log"), "wb") as log:
                 procs.append(
                     subprocess.Popen(
                         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                     )
                 )
-        _wait(procs, table, run_dir, config, progress)
+        _wait(procs, list(table), run_dir, timeout_s, progress_path, progress)
     finally:
         _kill_all(procs)
 
@@ -254,7 +283,8 @@ def _wait(
     procs: list[subprocess.Popen[bytes]],
     table: list[Any],
     run_dir: str,
-    config: RunConfig,
+    timeout_s: float,
+    progress_path: str | None,
     progress: Callable[[int, int], None] | None,
 ) -> None:
     first_failure: tuple[int, int, float] | None = None  # rank, return code, when
@@ -269,11 +299,11 @@ def _wait(
         if all(c is not None for c in codes):
             break
         # ranks waiting on the failed one time out at about the same time: give them half
-        grace_s = 0.5 * config.timeout_s + _GRACE_S
+        grace_s = 0.5 * timeout_s + _GRACE_S
         if first_failure is not None and time.monotonic() - first_failure[2] > grace_s:
             break
-        if progress is not None and config.progress_path and os.path.exists(config.progress_path):
-            text = Path(config.progress_path).read_text().split()
+        if progress is not None and progress_path and os.path.exists(progress_path):
+            text = Path(progress_path).read_text().split()
             if len(text) == 2 and text != shown:
                 shown = text
                 progress(int(text[0]), int(text[1]))
@@ -336,7 +366,7 @@ def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
 # -- worker side -------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Local workers end when the launcher does (Linux), so none is left behind."""
     parent = os.environ.get("DORA_PARENT_PID")
     if not parent:
@@ -350,9 +380,15 @@ def _die_with_parent() -> None:
 
 
 def _worker(config: RunConfig) -> int:
+    return run_worker(lambda rank, world: run_rank(config, rank, world), config.result_path)
+
+
+def run_worker(run: Callable[[int, int], Any], result_path: str | None) -> int:
+    """Run one rank (``run(rank, world_size)`` from the environment) and exit the process: on
+    an exception, write ``failure_RANK.json`` next to ``result_path`` for the launcher."""
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     try:
-        run_rank(config, rank, world)
+        run(rank, world)
     except BaseException as exc:  # noqa: BLE001 - reported to the launcher, then exit
         traceback.print_exc()
         report = {
@@ -361,9 +397,8 @@ def _worker(config: RunConfig) -> int:
             "type": type(exc).__name__,
             "suspect_rank": getattr(exc, "suspect_rank", None),
         }
-        if config.result_path:
-            folder = Path(config.result_path).parent
-            Path(folder, f"failure_{rank}.json").write_text(json.dumps(report))
+        if result_path:
+            Path(Path(result_path).parent, f"failure_{rank}.json").write_text(json.dumps(report))
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
@@ -384,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host-profile", help="calibrated host profile JSON (for --emulate)")
     args = parser.parse_args(argv)
     if args.worker:
-        _die_with_parent()
+        die_with_parent()
         return _worker(RunConfig.from_json(json.loads(Path(args.worker).read_text())))
     if not args.plan_dir or not args.requests:
         parser.error("PLAN_DIR and --requests are required under torchrun")
