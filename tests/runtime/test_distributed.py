@@ -81,7 +81,7 @@ def test_rank_table_is_stage_major():
 
 
 def test_wrong_number_of_ranks_is_named(mlp_plan):
-    from dora_fx.runtime.distributed import _stage_of
+    from dora_fx.runtime.distributed_driver import _stage_of
 
     with pytest.raises(PlanFolderError, match="plan for 3 ranks .* but 2 were started"):
         _stage_of(str(mlp_plan[2]), 0, 2)

@@ -1,0 +1,449 @@
+"""Distributed runtime, transport: tensors between ranks over torch.distributed P2P.
+
+Ranks follow the plan (``rank_table``: stage major, then the devices of a data-parallel group).
+A rank runs its stage once per *item* (one microbatch of one request); the stage graph's ``dora.recv`` / ``dora.send`` ops call this
+module's ``DistTransport``. Rank 0 also is the source and the sink: it cuts requests into
+microbatches, sends every stage the user inputs it uses, and collects the model outputs.
+
+Every tensor travels as a fixed-size int64 *header* (item, tag, dtype, shape, the item's batch)
+and a payload, on two fixed gloo tags per pair of ranks, so receives need no shape agreed in
+advance (the batch is dynamic) and a receiver thread per sending rank can post receives early
+and file what arrives by ``(item, sender, tag)``; a stage's ``recv`` then only waits for its
+entry. Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
+(``split_sizes``): a sender slot sends each receiver slot the rows both hold (possibly none, an
+empty piece), and the receiver concatenates the pieces in slot order; tensors without a batch
+dim are sent by slot 0 to every slot. CUDA stages stage tensors through the CPU for gloo.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import RankFailedError
+from ..ir import Plan
+from .emulation import ComputeStretch, LinkShaper
+
+__all__ = [
+    "RankInfo",
+    "rank_table",
+    "split_sizes",
+    "StageWiring",
+    "DistTransport",
+    "INPUT_TAG",
+    "OUTPUT_TAG",
+    "batch_rows",
+]
+
+INPUT_TAG = 1 << 24  # + user input position
+OUTPUT_TAG = 2 << 24  # + user output position
+_HEADER_TAG, _PAYLOAD_TAG = 1, 2
+_MAX_DIMS = 10
+_FIELDS = 7  # kind, item, tag, ndim, dtype, batch, sent at (us, time.monotonic)
+_HEADER_LEN = _FIELDS + _MAX_DIMS  # then the dims
+_MAX_TRANSFER_LOG = 10_000
+_DATA, _END = 0, 1
+_DTYPES = [
+    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64,
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    stage: int
+    slot: int  # position in the stage's data-parallel group
+    device: str
+    shares: tuple[float, ...]  # the group's shares
+
+    def describe(self) -> str:
+        group = f" slot {self.slot}" if len(self.shares) > 1 else ""
+        return f"rank {self.rank} (stage {self.stage}{group} on device {self.device!r})"
+
+
+def rank_table(plan: Plan) -> list[RankInfo]:
+    """Ranks in stage order, then device order within a stage."""
+    table: list[RankInfo] = []
+    for stage in plan.stages:
+        for slot, device in enumerate(stage.devices):
+            table.append(RankInfo(len(table), stage.index, slot, device, stage.shares))
+    return table
+
+
+def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
+    """Rows of a batch per slot: proportional to the shares (largest remainder), at least one
+    each, so every slot of a data-parallel group has work."""
+    if len(shares) == 1:
+        return [batch]
+    if batch < len(shares):
+        raise ValueError(
+            f"a batch of {batch} cannot be split over a data-parallel group of {len(shares)} "
+            "devices; send batches (or microbatches) of at least that many rows"
+        )
+    raw = [s * batch / sum(shares) for s in shares]
+    sizes = [max(1, int(r)) for r in raw]
+    while sum(sizes) < batch:
+        sizes[max(range(len(raw)), key=lambda i: raw[i] - sizes[i])] += 1
+    while sum(sizes) > batch:
+        sizes[
+            max((i for i in range(len(raw)) if sizes[i] > 1), key=lambda i: sizes[i] - raw[i])
+        ] -= 1
+    return sizes
+
+
+def _bounds(batch: int, shares: Sequence[float]) -> list[tuple[int, int]]:
+    edges = [0]
+    for size in split_sizes(batch, shares):
+        edges.append(edges[-1] + size)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+@dataclass
+class StageWiring:
+    """What plan.json says about every stage: its ranks and its tensors' batch dims."""
+
+    table: list[RankInfo]
+    send_dims: dict[int, dict[tuple[int, int], int | None]]  # stage -> (peer, tag) -> batch dim
+    recv_dims: dict[int, dict[tuple[int, int], int | None]]
+    output_dims: dict[int, int | None]  # user output position -> batch dim
+    input_stages: dict[int, list[int]]  # stage -> user input positions it uses
+    output_stages: dict[int, list[int]]  # stage -> user output positions it returns
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> StageWiring:
+        plan = Plan.from_json(manifest["plan"])
+        send_dims, recv_dims, output_dims = {}, {}, {}
+        inputs, outputs = {}, {}
+        for entry in manifest["stages"]:
+            index = entry["index"]
+            send_dims[index] = {(s["peer"], s["tag"]): _batch_dim(s) for s in entry["sends"]}
+            recv_dims[index] = {(r["peer"], r["tag"]): _batch_dim(r) for r in entry["recvs"]}
+            for position, spec in zip(entry["output_indices"], entry["outputs"]):
+                output_dims[position] = None if spec is None else spec.get("batch_dim")
+            inputs[index] = list(entry["input_indices"])
+            outputs[index] = list(entry["output_indices"])
+        return cls(rank_table(plan), send_dims, recv_dims, output_dims, inputs, outputs)
+
+    def ranks_of(self, stage: int) -> list[RankInfo]:
+        return [r for r in self.table if r.stage == stage]
+
+    def links(self) -> set[tuple[int, int]]:
+        """Every (sending rank, receiving rank) pair that can carry a tensor."""
+        pairs: set[tuple[int, int]] = set()
+        for info in self.table:
+            for peer, _ in self.send_dims[info.stage]:
+                pairs.update((info.rank, r.rank) for r in self.ranks_of(peer))
+            if self.input_stages[info.stage]:
+                pairs.add((0, info.rank))
+            if self.output_stages[info.stage]:
+                pairs.add((info.rank, 0))
+        return {(a, b) for a, b in pairs if a != b}
+
+
+def _batch_dim(entry: dict[str, Any]) -> int | None:
+    spec = entry.get("tensor")
+    return None if spec is None else spec.get("batch_dim")
+
+
+@dataclass
+class _Piece:
+    tensor: torch.Tensor
+    batch: int
+    arrived_at: float
+
+
+@dataclass
+class _Mailbox:
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    slots: dict[tuple[int, int, int], _Piece] = field(default_factory=dict)
+    errors: dict[int, BaseException] = field(default_factory=dict)  # by sending rank
+
+
+class DistTransport:
+    """The ``comm_ops`` transport of one rank (see the module docstring)."""
+
+    def __init__(
+        self,
+        me: RankInfo,
+        wiring: StageWiring,
+        timeout_s: float,
+        device: torch.device | None = None,
+    ) -> None:
+        self.me, self.wiring, self.timeout_s = me, wiring, timeout_s
+        self.device = device or torch.device("cpu")
+        self.item = 0
+        self.batch: dict[int, int] = {}  # item -> its global batch (rows), from any header
+        self.shaper: LinkShaper | None = None
+        self.stretch = ComputeStretch(None)
+        self.bytes_sent = 0
+        # received pieces: (sending rank, item, tag, bytes, sent at, arrived at) in wall seconds
+        self.transfers: list[tuple[int, int, int, int, float, float]] = []
+        links = wiring.links()
+        self._sources = sorted(a for a, b in links if b == me.rank)
+        self._destinations = sorted(b for a, b in links if a == me.rank)
+        self._mail = _Mailbox()
+        self._send_locks = {dst: threading.Lock() for dst in self._destinations}
+        self._pending: list[tuple[Any, tuple[torch.Tensor, ...]]] = []
+        self._pending_lock = threading.Lock()
+        self._receivers = [
+            threading.Thread(
+                target=self._receive_from, args=(src,), daemon=True, name=f"dora-recv-{src}"
+            )
+            for src in self._sources
+        ]
+        for thread in self._receivers:
+            thread.start()
+
+    # -- the comm_ops Transport protocol -------------------------------------------------
+
+    def send(self, tensor: torch.Tensor, peer: int, tag: int) -> None:
+        self.stretch.settle()
+        batch_dim = self.wiring.send_dims[self.me.stage][(peer, tag)]
+        self._scatter(tensor, self.wiring.ranks_of(peer), tag, batch_dim, shaped=True)
+        self.stretch.resume()
+
+    def recv(self, peer: int, tag: int) -> torch.Tensor:
+        self.stretch.settle()
+        batch_dim = self.wiring.recv_dims[self.me.stage][(peer, tag)]
+        value = self._gather(self.wiring.ranks_of(peer), tag, batch_dim)
+        self.stretch.resume()
+        return value
+
+    # -- user inputs and outputs ---------------------------------------------------------
+
+    def scatter_inputs(self, item: int, flat: Sequence[Any]) -> None:
+        """Rank 0: send every rank the user inputs its stage uses (rows of its share)."""
+        self.item = item
+        self.batch[item] = rows = batch_rows(flat)
+        for stage, positions in self.wiring.input_stages.items():
+            for position in positions:
+                value = flat[position]
+                batched = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows
+                batch_dim = 0 if batched else None
+                self._scatter(
+                    value, self.wiring.ranks_of(stage), INPUT_TAG + position, batch_dim, shaped=True
+                )
+
+    def inputs(self) -> list[Any]:
+        positions = self.wiring.input_stages[self.me.stage]
+        self.stretch.settle()
+        values = [self._take(0, INPUT_TAG + p).tensor for p in positions]
+        self.stretch.resume()
+        return values
+
+    def send_outputs(self, values: Sequence[Any]) -> None:
+        positions = self.wiring.output_stages[self.me.stage]
+        for position, value in zip(positions, values):
+            batch_dim = self.wiring.output_dims.get(position)
+            if batch_dim is None and self.me.slot:
+                continue  # the group's slot 0 returns values that have no batch dim
+            self._post(
+                0, OUTPUT_TAG + position, value, self._global_batch(value, batch_dim), shaped=False
+            )
+
+    def collect_outputs(
+        self, item: int, positions: Sequence[int]
+    ) -> tuple[list[torch.Tensor], float]:
+        """Rank 0: the model outputs of ``item`` (pieces of a group concatenated) and the time
+        the last piece arrived."""
+        values, arrived = [], 0.0
+        owner = {p: s for s, ps in self.wiring.output_stages.items() for p in ps}
+        for position in positions:
+            batch_dim = self.wiring.output_dims.get(position)
+            ranks = self.wiring.ranks_of(owner[position])
+            sources = ranks[:1] if batch_dim is None else ranks
+            pieces = [self._take(r.rank, OUTPUT_TAG + position, item) for r in sources]
+            arrived = max([arrived, *(p.arrived_at for p in pieces)])
+            tensors = [p.tensor for p in pieces]
+            values.append(tensors[0] if batch_dim is None else torch.cat(tensors, batch_dim))
+        return values, arrived
+
+    # -- moving pieces -------------------------------------------------------------------
+
+    def _scatter(
+        self, value: Any, receivers: list[RankInfo], tag: int, batch_dim: int | None, shaped: bool
+    ) -> None:
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(value)
+        if batch_dim is None:
+            if self.me.slot == 0:
+                for receiver in receivers:
+                    self._post(receiver.rank, tag, value, self.batch.get(self.item, 0), shaped)
+            return
+        batch = self._global_batch(value, batch_dim)
+        mine = (
+            _bounds(batch, self.me.shares)[self.me.slot]
+            if self._in_group(value, batch_dim, batch)
+            else (0, batch)
+        )
+        theirs = _bounds(batch, receivers[0].shares)
+        for receiver, (lo, hi) in zip(receivers, theirs):
+            start, stop = max(lo, mine[0]), min(hi, mine[1])
+            piece = value.narrow(batch_dim, start - mine[0], max(stop - start, 0))
+            self._post(receiver.rank, tag, piece, batch, shaped)
+
+    def _in_group(self, value: torch.Tensor, batch_dim: int, batch: int) -> bool:
+        """Whether ``value`` holds this rank's share of the rows rather than all of them."""
+        return len(self.me.shares) > 1 and value.shape[batch_dim] != batch
+
+    def _global_batch(self, value: Any, batch_dim: int | None) -> int:
+        if self.item in self.batch:
+            return self.batch[self.item]
+        if isinstance(value, torch.Tensor) and batch_dim is not None and len(self.me.shares) == 1:
+            return int(value.shape[batch_dim])
+        return 0
+
+    def _gather(self, senders: list[RankInfo], tag: int, batch_dim: int | None) -> torch.Tensor:
+        if batch_dim is None:
+            return self._take(senders[0].rank, tag).tensor
+        pieces = [self._take(s.rank, tag).tensor for s in senders]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, batch_dim)
+
+    def _post(self, dst: int, tag: int, tensor: torch.Tensor, batch: int, shaped: bool) -> None:
+        item = self.item
+        if dst == self.me.rank:
+            self._deposit(dst, item, tag, tensor, batch)
+            return
+        payload = tensor.detach().to("cpu", copy=False).contiguous()
+        header = _header(_DATA, item, tag, payload, batch)
+        nbytes = payload.numel() * payload.element_size()
+        self.bytes_sent += nbytes
+
+        def transmit() -> None:
+            with self._send_locks[dst]:
+                works = [dist.isend(header, dst, tag=_HEADER_TAG)]
+                if payload.numel():
+                    works.append(dist.isend(payload, dst, tag=_PAYLOAD_TAG))
+            with self._pending_lock:
+                self._pending.extend((w, (header, payload)) for w in works)
+
+        if self.shaper is None:
+            transmit()
+        else:
+            dst_device = self.wiring.table[dst].device
+            self.shaper.submit(dst, self.me.device, dst_device, nbytes, transmit, shaped)
+        self._reap()
+
+    def _reap(self) -> None:
+        with self._pending_lock:
+            self._pending = [(w, keep) for w, keep in self._pending if not w.is_completed()]
+
+    def _deposit(self, src: int, item: int, tag: int, tensor: torch.Tensor, batch: int) -> None:
+        with self._mail.cond:
+            self._mail.slots[(item, src, tag)] = _Piece(tensor, batch, time.monotonic())
+            self._mail.cond.notify_all()
+
+    def _take(self, src: int, tag: int, item: int | None = None) -> _Piece:
+        item = self.item if item is None else item
+        key = (item, src, tag)
+        deadline = time.monotonic() + self.timeout_s
+        with self._mail.cond:
+            while key not in self._mail.slots:
+                if src in self._mail.errors:
+                    raise self._peer_failed(src, self._mail.errors[src])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._peer_failed(
+                        src, TimeoutError(f"nothing arrived in {self.timeout_s:g} s")
+                    )
+                self._mail.cond.wait(min(left, 0.5))
+            piece = self._mail.slots.pop(key)
+        if piece.batch:
+            self.batch.setdefault(item, piece.batch)
+        return _Piece(piece.tensor.to(self.device), piece.batch, piece.arrived_at)
+
+    def _peer_failed(self, src: int, cause: BaseException) -> RankFailedError:
+        peer = self.wiring.table[src]
+        what = (
+            "stopped sending (it hung or is far slower than the timeout allows)"
+            if isinstance(cause, TimeoutError) or "imeout" in str(cause) or "imed out" in str(cause)
+            else "disconnected (it died)"
+        )
+        error = RankFailedError(
+            f"{self.me.describe()} waited for item {self.item} from {peer.describe()}, which "
+            f"{what}: {str(cause).splitlines()[0][:200]}. Look at that rank's log; raise "
+            "timeout_s if its stage is legitimately slow"
+        )
+        error.suspect_rank = src  # type: ignore[attr-defined]
+        return error
+
+    def _receive_from(self, src: int) -> None:
+        timeout = timedelta(seconds=self.timeout_s)
+        try:
+            while True:
+                header = torch.empty(_HEADER_LEN, dtype=torch.int64)
+                _wait(dist.irecv(header, src, tag=_HEADER_TAG), timeout)
+                kind, item, tag, ndim, dtype, batch, sent_us = (int(v) for v in header[:_FIELDS])
+                if kind == _END:
+                    return
+                shape = [int(v) for v in header[_FIELDS : _FIELDS + ndim]]
+                payload = torch.empty(shape, dtype=_DTYPES[dtype])
+                if payload.numel():
+                    _wait(dist.irecv(payload, src, tag=_PAYLOAD_TAG), timeout)
+                self._deposit(src, item, tag, payload, batch)
+                if len(self.transfers) < _MAX_TRANSFER_LOG:
+                    nbytes = payload.numel() * payload.element_size()
+                    self.transfers.append((src, item, tag, nbytes, sent_us * 1e-6, time.monotonic()))
+        except BaseException as exc:  # noqa: BLE001 - the main thread raises it
+            with self._mail.cond:
+                self._mail.errors[src] = exc
+                self._mail.cond.notify_all()
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Tell every receiver this rank is done, let sends finish, join the receivers."""
+        if self.shaper is not None:
+            self.shaper.close(self.timeout_s)
+        for dst in self._destinations:
+            end = torch.zeros(_HEADER_LEN, dtype=torch.int64)
+            end[0] = _END
+            with self._send_locks[dst]:
+                work = dist.isend(end, dst, tag=_HEADER_TAG)
+            with self._pending_lock:
+                self._pending.append((work, (end,)))
+        for work, _ in self._pending:
+            work.wait(timedelta(seconds=self.timeout_s))
+        deadline = time.monotonic() + self.timeout_s
+        for src, thread in zip(self._sources, self._receivers):
+            thread.join(max(deadline - time.monotonic(), 0.0))
+            if src in self._mail.errors:
+                raise self._peer_failed(src, self._mail.errors[src])
+            if thread.is_alive():
+                raise self._peer_failed(src, TimeoutError("it never said it was done"))
+
+
+def _wait(work: Any, timeout: timedelta) -> None:
+    if work is not None:
+        work.wait(timeout)
+
+
+def batch_rows(flat: Sequence[Any]) -> int:
+    """Rows of a request: the first dim of its first tensor with dims (0 if none)."""
+    for value in flat:
+        if isinstance(value, torch.Tensor) and value.dim():
+            return int(value.shape[0])
+    return 0
+
+
+def _header(kind: int, item: int, tag: int, tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    if tensor.dim() > _MAX_DIMS:
+        raise ValueError(
+            f"tensors of more than {_MAX_DIMS} dims cannot be sent, got {tensor.dim()}"
+        )
+    if tensor.dtype not in _DTYPES:
+        raise TypeError(f"cannot send a {tensor.dtype} tensor; supported: {_DTYPES}")
+    header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
+    sent_us = int(time.monotonic() * 1e6)
+    fields = [kind, item, tag, tensor.dim(), _DTYPES.index(tensor.dtype), batch, sent_us]
+    header[:_FIELDS] = torch.tensor(fields, dtype=torch.int64)
+    header[_FIELDS : _FIELDS + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+    return header
