@@ -7,7 +7,9 @@
     coarsen         GraphModule      -> BlockChain: blocks at valid, low-traffic cut points
     partition       Problem          -> PlanSet     (pure: planner.solve; QoE-aware, certified gap)
     insert_comm     GraphModule+Plan -> one GraphModule per stage with send/recv nodes
-    codegen         stage graphs     -> readable standalone Python per stage
+    schedule_comm   stage graphs     -> reordered for overlap + Schedule (actions per stage,
+                                        microbatches chosen by simulating the plan)
+    codegen         stage graphs     -> readable standalone Python per stage, schedule shown
 
 With ``DORA_DEBUG=1`` the verifier runs after every pass and each pass's graphs are written to
 ``$DORA_DUMP_DIR`` (default: ``./dora_debug``). A failing pass is named in the error, with the
@@ -35,11 +37,13 @@ from .passes.coarsen import BlockChain, coarsen
 from .passes.codegen import stage_source
 from .passes.insert_comm import StageProgram, insert_comm, stage_transfers
 from .passes.partition import balanced_flops_plan, check_plan
+from .passes.schedule_comm import ScheduleChoice, schedule_comm
 from .passes.verify import verify_state
 from .planner import PlanSet, solve
 from .problem import Problem
 from .qoe import QoE
 from .runtime.local import StageModule
+from .schedule import Schedule
 
 __all__ = ["CompileState", "PASSES", "run_passes"]
 
@@ -65,7 +69,13 @@ class CompileState:
     problem: Problem | None = None
     plan: Plan | None = None
     programs: list[StageProgram] = field(default_factory=list)
+    microbatches: int | None = None  # None: schedule_comm picks the count by simulation
+    schedule_choice: ScheduleChoice | None = None
     stages: list[StageModule] = field(default_factory=list)
+
+    @property
+    def schedule(self) -> Schedule | None:
+        return None if self.schedule_choice is None else self.schedule_choice.schedule
 
 
 def _capture(state: CompileState) -> None:
@@ -106,9 +116,23 @@ def _insert_comm(state: CompileState) -> None:
     state.programs = insert_comm(state.captured.gm, state.chain, state.plan)
 
 
+def _schedule_comm(state: CompileState) -> None:
+    assert state.captured is not None and state.plan is not None
+    state.schedule_choice = schedule_comm(
+        [p.gm for p in state.programs],
+        state.plan,
+        state.problem,
+        state.qoe.batch,
+        dynamic_batch="batch" in state.captured.symbols.values(),
+        microbatches=state.microbatches,
+    )
+
+
 def _codegen(state: CompileState) -> None:
     assert state.captured is not None and state.plan is not None
+    assert state.schedule is not None
     names = state.captured.input_names
+    schedule = state.schedule
     state.stages = [
         StageModule(
             index=program.index,
@@ -117,9 +141,14 @@ def _codegen(state: CompileState) -> None:
             output_indices=program.output_indices,
             devices=state.plan.stages[program.index].devices,
             shares=state.plan.stages[program.index].shares,
-            code=stage_source(program, state.plan, [names[i] for i in program.input_indices]),
+            code=stage_source(
+                program, state.plan, [names[i] for i in program.input_indices], schedule
+            ),
             node_names=program.node_names,
-            transfers=stage_transfers(program.gm, state.captured.symbols),
+            transfers={
+                **stage_transfers(program.gm, state.captured.symbols),
+                "schedule": schedule.stage_entry(program.index),
+            },
         )
         for program in state.programs
     ]
@@ -133,6 +162,7 @@ PASSES: list[Pass] = [
     ("coarsen", _coarsen),
     ("partition", _partition),
     ("insert_comm", _insert_comm),
+    ("schedule_comm", _schedule_comm),
     ("codegen", _codegen),
 ]
 
@@ -169,5 +199,7 @@ def _dump(state: CompileState, pass_name: str) -> None:
     if state.plan is not None:
         texts.append(state.plan.to_text())
     texts += [f"# stage {p.index}\n{p.gm.graph}" for p in state.programs]
+    if state.schedule is not None:
+        texts.append(state.schedule.to_text())
     (folder / f"{index:02d}_{pass_name}.txt").write_text("\n\n".join(texts) + "\n")
     log.warning("dora_fx: DORA_DEBUG dump after %s in %s", pass_name, folder)

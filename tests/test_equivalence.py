@@ -33,7 +33,7 @@ def test_stages_compute_what_the_model_computes(name, tmp_path, debug_verifier):
         loaded = dora_fx.load(folder)
         torch.testing.assert_close(loaded(*inputs), expected)
         torch.testing.assert_close(loaded(*other), expected_other)
-    assert sorted(p.name for p in debug_verifier.iterdir())[-1] == "05_codegen.txt"
+    assert sorted(p.name for p in debug_verifier.iterdir())[-1] == "06_codegen.txt"
 
 
 def test_output_pytree_is_preserved():

@@ -56,7 +56,7 @@ def test_debug_mode_dumps_every_pass(debug_verifier):
     names = sorted(p.name for p in debug_verifier.iterdir())
     assert names == [
         "00_capture.txt", "01_annotate_costs.txt", "02_coarsen.txt",
-        "03_partition.txt", "04_insert_comm.txt", "05_codegen.txt",
+        "03_partition.txt", "04_insert_comm.txt", "05_schedule_comm.txt", "06_codegen.txt",
     ]
     assert "torch.ops.dora.send" in (debug_verifier / "04_insert_comm.txt").read_text() or "dora.send" in (debug_verifier / "04_insert_comm.txt").read_text()
 

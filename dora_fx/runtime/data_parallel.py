@@ -17,7 +17,7 @@ import torch
 
 from ..comm_ops import use_transport
 
-__all__ = ["split_sizes", "run_replicated", "ShardView"]
+__all__ = ["split_sizes", "run_replicated", "ShardView", "slice_along", "join_along"]
 
 
 def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
@@ -28,6 +28,16 @@ def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
     for i in by_remainder[: batch - sum(sizes)]:
         sizes[i] += 1
     return sizes
+
+
+def slice_along(value: Any, dim: int | None, start: int, size: int) -> Any:
+    """``value``'s rows ``start:start+size`` along ``dim``; the whole value without a dim."""
+    return _slice(value, dim, start, size)
+
+
+def join_along(pieces: list[Any], dim: int | None) -> Any:
+    """Concatenate microbatch / replica pieces along ``dim``; without a dim the first piece."""
+    return _join(pieces, dim)
 
 
 def _slice(value: Any, dim: int | None, start: int, size: int) -> Any:

@@ -1,5 +1,13 @@
-"""In-process runtime: run every stage in order in this process, passing tensors through the
-send/recv nodes with a mailbox. It returns exactly what the model returns, same pytree."""
+"""In-process runtime: run every stage in this process, passing tensors through the send/recv
+nodes. It returns exactly what the model returns, same pytree.
+
+When the stages carry a schedule (``transfers["schedule"]``, written by ``schedule_comm``),
+the runtime executes it: the batch is cut into the schedule's microbatches along each input's
+batch dim, every stage's actions run interleaved (``dora_fx.schedule.execute``), a COMPUTE
+runs one segment of the stage graph for one microbatch, a SEND hands the value over in its
+chunks (keyed by source, destination, tag and microbatch) and the WAIT joins them, and the
+outputs are joined back along their batch dims. Without a schedule (an older plan folder) the
+stages run one after another on the whole batch."""
 
 from __future__ import annotations
 
@@ -12,7 +20,18 @@ import torch.utils._pytree as pytree
 
 from ..comm_ops import Mailbox, use_transport
 from ..errors import InputError
-from .data_parallel import run_replicated, split_sizes
+from ..schedule import (
+    CHUNK_BYTES,
+    Action,
+    Kind,
+    Schedule,
+    ScheduleError,
+    execute,
+    lower,
+    segments,
+    stage_steps,
+)
+from .data_parallel import join_along, run_replicated, slice_along, split_sizes
 
 __all__ = ["StageModule", "LocalPipeline", "flatten_inputs"]
 
@@ -31,6 +50,10 @@ class StageModule:
     # sends / recvs / outputs with dtype, shape and batch dim (see insert_comm.stage_transfers)
     transfers: dict[str, Any] = field(default_factory=dict)
     shares: tuple[float, ...] = (1.0,)  # batch shares of a data-parallel group, one per device
+
+    @property
+    def schedule_entry(self) -> dict[str, Any] | None:
+        return self.transfers.get("schedule")
 
     @property
     def num_params(self) -> int:
@@ -93,6 +116,10 @@ class LocalPipeline:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = flatten_inputs(args, kwargs, self.in_spec)
         self._check_tensors(flat)
+        if all(s.schedule_entry for s in self.stages):
+            with torch.no_grad():
+                joined = _ScheduledRun(self, flat).run()
+            return pytree.tree_unflatten(joined, self.out_spec)
         outputs: list[Any] = [None] * self.num_outputs
         mailbox = Mailbox()
         with torch.no_grad(), use_transport(mailbox):
@@ -149,3 +176,123 @@ class LocalPipeline:
                     f"input {position}: expected a {ndim}-d {dtype} tensor, got a "
                     f"{value.dim()}-d {value.dtype} tensor of shape {tuple(value.shape)}"
                 )
+
+
+def _stage_graph(module: torch.nn.Module) -> torch.fx.GraphModule:
+    """The stage's graph: the compiled GraphModule, or a loaded stage's forward traced (its
+    generated code is straight-line ATen calls in the same order)."""
+    if isinstance(module, torch.fx.GraphModule):
+        return module
+    return torch.fx.symbolic_trace(module)
+
+
+class _StageView:
+    """The transport a stage's segment sees for one microbatch: received values, an outbox."""
+
+    def __init__(self, stage: int, mb: int) -> None:
+        self.stage, self.mb = stage, mb
+        self.received: dict[tuple[int, int], torch.Tensor] = {}
+        self.outbox: dict[tuple[int, int], torch.Tensor] = {}
+
+    def recv(self, peer: int, tag: int) -> torch.Tensor:
+        try:
+            return self.received[(peer, tag)]
+        except KeyError:
+            raise ScheduleError(
+                f"stage {self.stage} uses tag {tag} from stage {peer} in microbatch {self.mb} "
+                "before the schedule waited for it (a WAIT must precede the segment using it)"
+            ) from None
+
+    def send(self, tensor: torch.Tensor, peer: int, tag: int) -> None:
+        self.outbox[(peer, tag)] = tensor
+
+
+class _ScheduledRun:
+    """One call of a scheduled pipeline: the state every action reads and writes."""
+
+    def __init__(self, pipeline: LocalPipeline, flat: list[Any]) -> None:
+        self.pipeline, self.stages = pipeline, {s.index: s for s in pipeline.stages}
+        entries = [s.schedule_entry for s in pipeline.stages]
+        schedule = Schedule.from_stage_entries(entries)  # type: ignore[arg-type]
+        batch = pipeline._batch_size(flat)
+        m = 1 if batch is None else max(1, min(schedule.microbatches, batch))
+        self.graphs = {s.index: _stage_graph(s.module) for s in pipeline.stages}
+        self.whole = {s.index: len(s.shares) > 1 for s in pipeline.stages}
+        self.segments = {k: segments(g.graph, not self.whole[k]) for k, g in self.graphs.items()}
+        if m != schedule.microbatches:  # a smaller batch than the schedule was lowered for
+            steps = [stage_steps(self.graphs[k].graph, not self.whole[k]) for k in self.graphs]
+            schedule = lower(steps, m, schedule.policy, schedule.contention, CHUNK_BYTES)
+        self.schedule = schedule
+        dims = pipeline.input_batch_dims
+        self.sizes = [batch or 0] if batch is None or m == 1 else split_sizes(batch, [1.0] * m)
+        starts = [sum(self.sizes[:k]) for k in range(m)]
+        self.inputs = [
+            [slice_along(x, d if m > 1 else None, start, size) for x, d in zip(flat, dims)]
+            for start, size in zip(starts, self.sizes)
+        ]
+        self.views = {(k, mb): _StageView(k, mb) for k in self.graphs for mb in range(m)}
+        self.interpreters: dict[tuple[int, int], torch.fx.Interpreter] = {}
+        self.messages: dict[tuple[int, int, int, int], list[torch.Tensor]] = {}
+        self.outputs: dict[tuple[int, int], list[Any]] = {}
+
+    def run(self) -> list[Any]:
+        execute(self.schedule, self._act)
+        if self.messages:
+            raise ScheduleError(f"sent but never received (src, dst, tag, mb): {sorted(self.messages)}")
+        joined: list[Any] = [None] * self.pipeline.num_outputs
+        m = len(self.sizes)
+        for k, stage in self.stages.items():
+            dims = [None if o is None else o.get("batch_dim") for o in stage.transfers.get("outputs", [])]
+            for j, index in enumerate(stage.output_indices):
+                pieces = [self.outputs[(k, mb)][j] for mb in range(m)]
+                joined[index] = join_along(pieces, dims[j] if j < len(dims) and m > 1 else None)
+        return joined
+
+    def _act(self, stage: int, action: Action) -> None:
+        view = self.views[(stage, action.mb)]
+        if action.kind is Kind.COMPUTE:
+            self._compute(stage, action.mb, action.index, view)
+        elif action.kind is Kind.SEND:
+            tensor = view.outbox.pop((action.peer, action.index), None)
+            if tensor is None:
+                raise ScheduleError(
+                    f"stage {stage}: {action} sends a value its segments have not produced yet"
+                )
+            pieces = [tensor]
+            if action.chunks > 1 and tensor.dim() > 0:
+                pieces = list(torch.tensor_split(tensor, action.chunks, dim=0))
+            self.messages[(stage, action.peer, action.index, action.mb)] = pieces
+        elif action.kind is Kind.WAIT:
+            pieces = self.messages.pop((action.peer, stage, action.index, action.mb))
+            value = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+            view.received[(action.peer, action.index)] = value
+
+    def _compute(self, stage: int, mb: int, segment: int, view: _StageView) -> None:
+        module = self.stages[stage]
+        inputs = [self.inputs[mb][i] for i in module.input_indices]
+        if self.whole[stage]:  # data-parallel: every replica runs the whole stage
+            dims = self.pipeline.input_batch_dims
+            sent, outputs = run_replicated(
+                module.module,
+                inputs,
+                [dims[i] for i in module.input_indices],
+                view.received,
+                module.transfers,
+                split_sizes(self.sizes[mb], module.shares),
+            )
+            view.outbox.update(sent)
+            self.outputs[(stage, mb)] = outputs
+            return
+        interpreter = self.interpreters.get((stage, mb))
+        if interpreter is None:
+            interpreter = torch.fx.Interpreter(self.graphs[stage], garbage_collect_values=False)
+            interpreter.args_iter = iter(inputs)
+            self.interpreters[(stage, mb)] = interpreter
+        nodes = self.segments[stage][segment]
+        with use_transport(view):
+            for node in nodes:
+                interpreter.env[node] = interpreter.run_node(node)
+            if segment == len(self.segments[stage]) - 1:
+                (output,) = [n for n in self.graphs[stage].graph.nodes if n.op == "output"]
+                self.outputs[(stage, mb)] = list(interpreter.run_node(output))
+                del self.interpreters[(stage, mb)]
