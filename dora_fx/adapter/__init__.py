@@ -1,0 +1,54 @@
+"""The runtime adapter: compose a plan set under changing conditions and lose no request.
+
+* ``traces``: scenario traces (bandwidth, device leave/join, load), text/JSON round trip;
+* ``plans``: the adapter's plan set (the planner's, plus single-device plans and copies on
+  identical devices);
+* ``compose``: the composition program over the rates each plan serves (capacity, SLO,
+  objective) and its ``Composition.describe()``;
+* ``monitor``: moving averages, heartbeats, drift;
+* ``core``: ``Adapter`` (decide, re-plan in the background, explain);
+* ``dispatcher``: ``MultiPlanDispatcher`` (weighted round robin, exactly once by request id,
+  re-send on device loss) and the launcher-backed executor;
+* ``replay``: the trace replay on the simulator (static vs re-plan vs adapter).
+"""
+
+from .compose import Composer, Composition, PlanFigures, compose_cvxpy, plan_figures
+from .core import Adapter
+from .dispatcher import (
+    DispatchResult,
+    LauncherExecutor,
+    MultiPlanDispatcher,
+    PlanFailure,
+    WeightedRoundRobin,
+)
+from .monitor import Drift, Ewma, Monitor
+from .plans import adapter_plans, relabelings, single_device_plans
+from .replay import StrategyResult, replay
+from .traces import Conditions, Event, Trace, apply, builtin_traces
+
+__all__ = [
+    "Adapter",
+    "Composer",
+    "Composition",
+    "Conditions",
+    "DispatchResult",
+    "Drift",
+    "Event",
+    "Ewma",
+    "LauncherExecutor",
+    "Monitor",
+    "MultiPlanDispatcher",
+    "PlanFailure",
+    "PlanFigures",
+    "StrategyResult",
+    "Trace",
+    "WeightedRoundRobin",
+    "adapter_plans",
+    "apply",
+    "builtin_traces",
+    "compose_cvxpy",
+    "plan_figures",
+    "relabelings",
+    "replay",
+    "single_device_plans",
+]

@@ -1,0 +1,423 @@
+"""Composition: the rates at which requests go to each plan of the set, under current conditions.
+
+Given the plans' figures under the conditions now (``plan_figures``: latency, seconds of every
+device and network resource per request, dynamic energy per request), the offered load
+``lambda`` and the QoE, choose ``x_p >= 0`` (requests per second sent to plan ``p``):
+
+    minimize    sum_p c_p x_p  +  sum_d P_idle,d y_d  +  W s
+    subject to  sum_p x_p + s = lambda                          (serve the load; s: unserved)
+                sum_p B_{d,p} x_p <= rho * y_d   for each device d   (capacity, device on)
+                sum_p B_{r,p} x_p <= rho         for each network resource r (airtime, port)
+                x_p = 0  for a plan that misses the latency SLO now, or lost a device
+                y_d in {0, 1}
+
+``B_{r,p}``: seconds resource ``r`` is busy per request of plan ``p``; ``rho``: the utilization
+cap that keeps queueing delay small; ``c_p``: the objective's cost per request (energy: the
+busy-minus-idle power times busy time plus radio energy, since the idle power is paid through
+``y_d`` once a device is on; throughput: a small latency tie-break; latency: the latency);
+``W`` is larger than any plan's cost, so serving the load comes first. With ``y_d`` binary
+this is a small mixed-integer LP (a device idles whether one plan or three use it). Plans
+that share no device run side by side, which is how a mixture serves a load no single plan
+can.
+
+``compose_cvxpy`` states that program in cvxpy (the reference formulation, exact MILP, used by
+the tests). ``Composer.compose`` decides in about a millisecond instead: the LP relaxation
+straight to HiGHS (``highspy``), then a few switch-offs (``_Program.improve``); measured here,
+cvxpy's canonicalization alone costs ~50 ms and the MILP's branch-and-bound set-up ~10 ms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import highspy
+import numpy as np
+
+from ..errors import PlanError
+from ..evaluate import evaluate, resource_busy_s
+from ..ir import Plan
+from ..problem import Problem
+from ..qoe import QoE
+from ..sim.work import plan_work
+
+__all__ = ["PlanFigures", "Composition", "Composer", "plan_figures", "compose_cvxpy"]
+
+DEFAULT_UTILIZATION_CAP = 0.9
+
+
+@dataclass(frozen=True)
+class PlanFigures:
+    """One plan under the conditions now. ``busy_s``: seconds per request on each resource
+    (``device:NAME`` or a network resource such as ``air:wifi5``); ``dynamic_j``: energy per
+    request above the devices' idle power (busy - idle power times busy time, plus radio)."""
+
+    name: str
+    latency_s: float
+    busy_s: dict[str, float]
+    dynamic_j: float
+    alive: bool = True
+    missing: tuple[str, ...] = ()
+
+    @property
+    def devices(self) -> list[str]:
+        return [r.split(":", 1)[1] for r in self.busy_s if r.startswith("device:")]
+
+    @property
+    def capacity_rps(self) -> float:
+        worst = max(self.busy_s.values(), default=0.0)
+        return math.inf if worst <= 0 else 1.0 / worst
+
+
+def plan_figures(plan: Plan, problem: Problem) -> PlanFigures:
+    """``plan``'s figures on ``problem`` (the cluster as it is now); a plan that names a device
+    the cluster lost is not alive."""
+    missing = tuple(sorted({d for d in plan.devices if d not in problem.cluster}))
+    if missing:
+        return PlanFigures(plan.name, math.inf, {}, math.inf, alive=False, missing=missing)
+    metrics = evaluate(plan, problem, request_rate_rps=None)
+    network = problem.cluster.network
+    busy = {f"device:{d}": s for d, s in metrics.busy_s.items()}
+    busy.update(resource_busy_s(network, plan_work(plan, problem)))
+    dynamic = sum(metrics.energy.radio_j.values())
+    for name, seconds in metrics.busy_s.items():
+        device = problem.cluster.device(name)
+        dynamic += (device.busy_power_w - device.idle_power_w) * seconds
+    return PlanFigures(plan.name, metrics.latency_s, busy, dynamic)
+
+
+@dataclass(frozen=True)
+class Composition:
+    """The mixture: requests per second to each plan, and why."""
+
+    rates_rps: dict[str, float]
+    offered_rps: float
+    objective: str
+    latency_slo_s: float | None
+    power_w: float
+    on_devices: tuple[str, ...]
+    excluded: dict[str, str] = field(default_factory=dict)
+    utilization: dict[str, float] = field(default_factory=dict)
+    latency_s: dict[str, float] = field(default_factory=dict)
+    decision_s: float = 0.0
+    utilization_cap: float = DEFAULT_UTILIZATION_CAP
+
+    @property
+    def served_rps(self) -> float:
+        return sum(self.rates_rps.values())
+
+    @property
+    def unserved_rps(self) -> float:
+        return max(self.offered_rps - self.served_rps, 0.0)
+
+    @property
+    def feasible(self) -> bool:
+        """The load is served by plans that meet the SLO."""
+        return self.unserved_rps <= 1e-6 * max(self.offered_rps, 1.0)
+
+    @property
+    def used(self) -> dict[str, float]:
+        return {p: r for p, r in self.rates_rps.items() if r > 1e-9}
+
+    @property
+    def energy_per_request_j(self) -> float:
+        return self.power_w / self.served_rps if self.served_rps > 0 else math.inf
+
+    def weights(self) -> dict[str, float]:
+        total = self.served_rps
+        return {p: r / total for p, r in self.used.items()} if total > 0 else {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rates_rps": dict(self.rates_rps),
+            "offered_rps": self.offered_rps,
+            "objective": self.objective,
+            "latency_slo_s": self.latency_slo_s,
+            "power_w": self.power_w,
+            "on_devices": list(self.on_devices),
+            "excluded": dict(self.excluded),
+            "utilization": dict(self.utilization),
+            "decision_s": self.decision_s,
+        }
+
+    def describe(self) -> str:
+        """The current mixture as a table, the binding resources and why plans are out."""
+        slo = "none" if self.latency_slo_s is None else f"{1e3 * self.latency_slo_s:.1f} ms"
+        lines = [
+            f"composition: {self.served_rps:.3f} of {self.offered_rps:.3f} req/s served by "
+            f"{len(self.used)} plan(s); objective {self.objective}; latency SLO {slo}; "
+            f"decided in {1e3 * self.decision_s:.2f} ms",
+            f"{'plan':<28} {'share':>6} {'req/s':>8} {'latency ms':>10}",
+        ]
+        weights = self.weights()
+        for plan, rate in sorted(self.used.items(), key=lambda kv: -kv[1]):
+            lines.append(
+                f"{plan:<28} {weights[plan]:>6.1%} {rate:>8.3f} "
+                f"{1e3 * self.latency_s.get(plan, math.nan):>10.2f}"
+            )
+        busy = sorted(self.utilization.items(), key=lambda kv: -kv[1])
+        lines.append(
+            "utilization: "
+            + ", ".join(f"{r} {u:.0%}" for r, u in busy if u > 1e-3)
+            + f" (cap {self.utilization_cap:.0%})"
+        )
+        binding = [r for r, u in busy if u >= self.utilization_cap * (1 - 1e-6)]
+        if binding:
+            lines.append(f"why not more: {', '.join(binding)} at the utilization cap")
+        lines.append(
+            f"devices on: {', '.join(self.on_devices) or 'none'}; predicted power "
+            f"{self.power_w:.3f} W = {self.energy_per_request_j:.4g} J/request"
+        )
+        if not self.feasible:
+            lines.append(
+                f"QoE NOT met: {self.unserved_rps:.3f} req/s cannot be served by plans that "
+                "meet the SLO; the adapter re-plans from the problem in the background"
+            )
+        for plan, reason in self.excluded.items():
+            lines.append(f"out: {plan}: {reason}")
+        return "\n".join(lines)
+
+
+class Composer:
+    """Decides compositions for a fixed plan set and device list (matrices laid out once)."""
+
+    def __init__(
+        self,
+        plans: Sequence[Plan],
+        devices: Sequence[str],
+        qoe: QoE,
+        *,
+        idle_power_w: dict[str, float],
+        utilization_cap: float = DEFAULT_UTILIZATION_CAP,
+    ) -> None:
+        if not plans:
+            raise PlanError("a composition needs at least one plan")
+        if not 0 < utilization_cap <= 1:
+            raise PlanError(f"utilization_cap must be in (0, 1], got {utilization_cap!r}")
+        self.plans = list(plans)
+        self.devices = list(dict.fromkeys(devices))
+        self.qoe = qoe
+        self.idle_power_w = dict(idle_power_w)
+        self.utilization_cap = utilization_cap
+
+    @classmethod
+    def for_problem(cls, plans: Sequence[Plan], problem: Problem, **options: Any) -> Composer:
+        cluster = problem.cluster
+        return cls(
+            plans,
+            cluster.device_names,
+            problem.qoe,
+            idle_power_w={d.name: d.idle_power_w for d in cluster.devices},
+            **options,
+        )
+
+    def figures(self, problem: Problem) -> list[PlanFigures]:
+        return [plan_figures(plan, problem) for plan in self.plans]
+
+    def compose(
+        self, figures: Sequence[PlanFigures], offered_rps: float, objective: str | None = None
+    ) -> Composition:
+        """The composition for ``figures`` (one per plan, in order) and the offered load."""
+        started = time.perf_counter()
+        objective = objective or self.qoe.objective
+        slo = self.qoe.latency_s
+        excluded = _excluded(figures, slo)
+        eligible = [f for f in figures if f.name not in excluded]
+        resources = sorted({r for f in eligible for r in f.busy_s})
+        devices = [r for r in resources if r.startswith("device:")]
+        n = len(eligible)
+        if n == 0 or offered_rps <= 0:
+            return self._empty(figures, offered_rps, objective, excluded, started)
+        cost = _costs(eligible, objective)
+        idle = np.array([self._idle(r) if objective == "energy" else 0.0 for r in devices])
+        big = 1e3 * (max(abs(c) for c in cost) + max(self.idle_power_w.values(), default=0.0) + 1.0)
+        busy = np.array([[f.busy_s.get(r, 0.0) for f in eligible] for r in resources])
+        program = _Program(busy, resources, devices, cost, idle, big, self.utilization_cap)
+        x = program.solve(offered_rps, np.ones(n, dtype=bool))
+        x = program.improve(x, offered_rps) if objective == "energy" else x
+        rates = {f.name: 0.0 for f in figures}
+        for f, rate in zip(eligible, x, strict=True):
+            rates[f.name] = float(rate) if rate > 1e-9 else 0.0
+        return self._composition(figures, rates, offered_rps, objective, excluded, started)
+
+    def _idle(self, resource: str) -> float:
+        return self.idle_power_w.get(resource.split(":", 1)[1], 0.0)
+
+    def _composition(
+        self,
+        figures: Sequence[PlanFigures],
+        rates: dict[str, float],
+        offered_rps: float,
+        objective: str,
+        excluded: dict[str, str],
+        started: float,
+    ) -> Composition:
+        by_name = {f.name: f for f in figures}
+        utilization: dict[str, float] = {}
+        power = 0.0
+        for name, rate in rates.items():
+            if rate <= 0:
+                continue
+            power += rate * by_name[name].dynamic_j
+            for r, s in by_name[name].busy_s.items():
+                utilization[r] = utilization.get(r, 0.0) + rate * s
+        on = tuple(sorted(r.split(":", 1)[1] for r in utilization if r.startswith("device:")))
+        power += sum(self.idle_power_w.get(d, 0.0) for d in on)
+        return Composition(
+            rates_rps=rates,
+            offered_rps=offered_rps,
+            objective=objective,
+            latency_slo_s=self.qoe.latency_s,
+            power_w=power,
+            on_devices=on,
+            excluded=excluded,
+            utilization=utilization,
+            latency_s={f.name: f.latency_s for f in figures if f.alive},
+            decision_s=time.perf_counter() - started,
+            utilization_cap=self.utilization_cap,
+        )
+
+    def _empty(
+        self,
+        figures: Sequence[PlanFigures],
+        offered_rps: float,
+        objective: str,
+        excluded: dict[str, str],
+        started: float,
+    ) -> Composition:
+        rates = {f.name: 0.0 for f in figures}
+        return self._composition(figures, rates, offered_rps, objective, excluded, started)
+
+
+class _Program:
+    """The composition program for HiGHS. The device on/off switches ``y_d`` are relaxed to
+    ``[0, 1]`` (an LP: under a millisecond, where the MILP costs HiGHS ~10 ms of branch and
+    bound set-up); the relaxation charges idle power in proportion to use, so ``improve``
+    then tries switching off the least used devices (re-solving without the plans on them)
+    and keeps a switch-off that lowers the true power (idle paid in full by every device on)
+    without serving less."""
+
+    def __init__(
+        self,
+        busy: np.ndarray,
+        resources: list[str],
+        devices: list[str],
+        cost: np.ndarray,
+        idle: np.ndarray,
+        big: float,
+        cap: float,
+    ) -> None:
+        self.busy, self.resources, self.devices = busy, resources, devices
+        self.cost, self.idle, self.big, self.cap = cost, idle, big, cap
+        self.row_of = {r: i for i, r in enumerate(resources)}
+
+    def solve(self, offered: float, allowed: np.ndarray) -> np.ndarray:
+        n, n_dev = len(self.cost), len(self.devices)
+        inf = highspy.kHighsInf
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        ncol = n + n_dev + 1  # x, y, s
+        upper = np.concatenate([np.where(allowed, inf, 0.0), np.ones(n_dev), [inf]])
+        h.addVars(ncol, np.zeros(ncol), upper)
+        h.changeColsCost(
+            ncol,
+            np.arange(ncol, dtype=np.int32),
+            np.concatenate([self.cost, self.idle, [self.big]]),
+        )
+        load_idx = np.concatenate([np.arange(n), [n + n_dev]]).astype(np.int32)
+        h.addRow(offered, offered, n + 1, load_idx, np.ones(n + 1))
+        for i, r in enumerate(self.resources):
+            idx, val = list(range(n)), list(self.busy[i])
+            if r.startswith("device:"):
+                idx.append(n + self.devices.index(r))
+                val.append(-self.cap)
+                upper_row = 0.0
+            else:
+                upper_row = self.cap
+            h.addRow(-inf, upper_row, len(idx), np.array(idx, dtype=np.int32), np.array(val))
+        h.run()
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            raise PlanError(
+                f"composition LP: HiGHS says {h.modelStatusToString(h.getModelStatus())}"
+            )
+        return np.maximum(np.asarray(h.getSolution().col_value[:n]), 0.0)
+
+    def true_cost(self, x: np.ndarray, offered: float) -> tuple[float, float]:
+        """(unserved req/s, power with full idle for every device on)."""
+        unserved = max(offered - float(x.sum()), 0.0)
+        power = float(self.cost @ x)
+        for j, r in enumerate(self.devices):
+            if float(self.busy[self.row_of[r]] @ x) > 1e-9:
+                power += self.idle[j]
+        return unserved, power
+
+    def improve(self, x: np.ndarray, offered: float, tries: int = 3) -> np.ndarray:
+        best, (unserved, power) = x, self.true_cost(x, offered)
+        allowed = np.ones(len(self.cost), dtype=bool)
+        util = {r: float(self.busy[self.row_of[r]] @ x) for r in self.devices}
+        for r in sorted((r for r in util if util[r] > 1e-9), key=lambda r: util[r])[:tries]:
+            trial_allowed = allowed & (self.busy[self.row_of[r]] <= 0)
+            if not trial_allowed.any():
+                continue
+            trial = self.solve(offered, trial_allowed)
+            t_unserved, t_power = self.true_cost(trial, offered)
+            if t_unserved <= unserved + 1e-9 and t_power < power - 1e-9:
+                best, unserved, power, allowed = trial, t_unserved, t_power, trial_allowed
+        return best
+
+
+def _excluded(figures: Sequence[PlanFigures], slo: float | None) -> dict[str, str]:
+    out = {}
+    for f in figures:
+        if not f.alive:
+            out[f.name] = f"lost device(s) {', '.join(f.missing)}"
+        elif slo is not None and f.latency_s > slo * (1 + 1e-9):
+            out[f.name] = f"latency {1e3 * f.latency_s:.2f} ms > SLO {1e3 * slo:.2f} ms now"
+    return out
+
+
+def _costs(figures: Sequence[PlanFigures], objective: str) -> np.ndarray:
+    if objective == "energy":
+        return np.array([f.dynamic_j for f in figures])
+    # throughput: serving the load is the objective (through W); prefer faster plans.
+    scale = 1e-3 if objective == "throughput" else 1.0
+    return np.array([scale * f.latency_s for f in figures])
+
+
+def compose_cvxpy(
+    composer: Composer,
+    figures: Sequence[PlanFigures],
+    offered_rps: float,
+    objective: str | None = None,
+) -> dict[str, float]:
+    """The same program in cvxpy (reference formulation; slower): rates per plan."""
+    import cvxpy as cp
+
+    objective = objective or composer.qoe.objective
+    excluded = _excluded(figures, composer.qoe.latency_s)
+    eligible = [f for f in figures if f.name not in excluded]
+    rates = {f.name: 0.0 for f in figures}
+    if not eligible or offered_rps <= 0:
+        return rates
+    resources = sorted({r for f in eligible for r in f.busy_s})
+    devices = [r for r in resources if r.startswith("device:")]
+    x = cp.Variable(len(eligible), nonneg=True)
+    y = cp.Variable(len(devices), boolean=True)
+    s = cp.Variable(nonneg=True)
+    cost = _costs(eligible, objective)
+    idle = np.array([composer._idle(r) if objective == "energy" else 0.0 for r in devices])
+    big = 1e3 * (max(abs(c) for c in cost) + max(composer.idle_power_w.values(), default=0.0) + 1)
+    rho = composer.utilization_cap
+    constraints = [cp.sum(x) + s == offered_rps]
+    for r in resources:
+        row = np.array([f.busy_s.get(r, 0.0) for f in eligible])
+        limit = rho * y[devices.index(r)] if r in devices else rho
+        constraints.append(row @ x <= limit)
+    problem = cp.Problem(cp.Minimize(cost @ x + idle @ y + big * s), constraints)
+    problem.solve(solver=cp.HIGHS)
+    for f, rate in zip(eligible, np.asarray(x.value).ravel(), strict=True):
+        rates[f.name] = float(rate) if rate > 1e-9 else 0.0
+    return rates
