@@ -1,0 +1,160 @@
+"""Adapter correctness: the composition respects capacity and the SLO, a mixture beats the
+best single plan above one plan's capacity, the dispatcher answers every request exactly
+once through a device loss, traces round-trip."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dora_fx import QoE, scenarios
+from dora_fx.adapter import (
+    Composer,
+    Event,
+    MultiPlanDispatcher,
+    PlanFailure,
+    Trace,
+    WeightedRoundRobin,
+    adapter_plans,
+    builtin_traces,
+    compose_cvxpy,
+)
+from dora_fx.ir import Plan, Stage
+from dora_fx.planner.synthetic import random_blocks
+from dora_fx.problem import Problem
+
+
+def _problem(rate: float, latency_ms: float = 1000.0) -> Problem:
+    blocks = random_blocks(random.Random(0), 12, batch=4)
+    qoe = QoE(latency_ms=latency_ms, objective="energy", request_rate_rps=rate)
+    return Problem(tuple(blocks), scenarios.edge_cluster(4), qoe, 4, 1e5)
+
+
+def _solo(problem: Problem) -> list[Plan]:
+    n = len(problem.blocks)
+    return [
+        Plan(f"solo-{d}", (Stage(0, 0, n, (d,)),), batch=4) for d in problem.cluster.device_names
+    ]
+
+
+def test_composition_respects_capacity_and_slo():
+    problem = _problem(rate=1.0)
+    plans = adapter_plans(_solo(problem)[:1], problem)
+    composer = Composer.for_problem(plans, problem)
+    figures = composer.figures(problem)
+    capacity = figures[0].capacity_rps
+    for load in (0.3 * capacity, 1.5 * capacity, 10 * capacity):
+        comp = composer.compose(figures, load)
+        for resource, util in comp.utilization.items():
+            assert util <= composer.utilization_cap + 1e-6, resource
+        assert comp.served_rps <= load + 1e-6
+        slo = problem.qoe.latency_s
+        assert all(comp.latency_s[p] <= slo for p in comp.used)
+    assert "composition:" in comp.describe() and "utilization" in comp.describe()
+
+
+def test_plans_over_the_slo_are_not_used():
+    problem = _problem(rate=1.0)
+    plans = _solo(problem)
+    composer = Composer.for_problem(plans, problem)
+    figures = composer.figures(problem)
+    tight = figures[0].latency_s * 0.5
+    strict = Composer.for_problem(
+        plans, Problem(problem.blocks, problem.cluster, QoE(latency_ms=1e3 * tight), 4, 1e5)
+    )
+    comp = strict.compose(figures, 1.0)
+    assert comp.used == {} and not comp.feasible
+    assert all("SLO" in why for why in comp.excluded.values())
+
+
+def test_mixture_beats_the_best_single_plan_above_its_capacity():
+    problem = _problem(rate=1.0)
+    plans = adapter_plans(_solo(problem)[:1], problem)  # widened onto the identical boards
+    assert len(plans) == 4
+    composer = Composer.for_problem(plans, problem)
+    figures = composer.figures(problem)
+    single = max(f.capacity_rps for f in figures)
+    comp = composer.compose(figures, 2.5 * single)
+    assert comp.feasible and comp.served_rps > single * 1.5
+    assert len(comp.used) >= 3
+
+
+def test_fast_path_matches_the_cvxpy_reference():
+    problem = _problem(rate=1.0)
+    plans = adapter_plans(_solo(problem)[:1], problem)
+    composer = Composer.for_problem(plans, problem)
+    figures = composer.figures(problem)
+    for load in (0.5, 1.0, 2.0):
+        load *= figures[0].capacity_rps
+        fast = composer.compose(figures, load)
+        exact = compose_cvxpy(composer, figures, load)
+        assert sum(exact.values()) == pytest.approx(fast.served_rps, rel=1e-6)
+        exact_power = sum(exact[f.name] * f.dynamic_j for f in figures) + sum(
+            composer.idle_power_w[f.devices[0]] for f in figures if exact[f.name] > 0
+        )
+        assert fast.power_w == pytest.approx(exact_power, rel=1e-6)
+
+
+def test_weighted_round_robin_tracks_the_weights():
+    wrr = WeightedRoundRobin({"a": 3.0, "b": 1.0, "c": 0.0})
+    picks = [wrr.next() for _ in range(40)]
+    assert picks.count("a") == 30 and picks.count("b") == 10
+    assert "c" not in picks
+
+
+class _FlakyExecutor:
+    """Plan 'a' loses device 'x' after answering its first two requests."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def run(self, plan, items):
+        if plan == "a" and not self.failed:
+            self.failed = True
+            raise PlanFailure("a", ["x"], "killed", {rid: rid * 10 for rid, _ in items[:2]})
+        return {rid: rid * 10 for rid, _ in items}
+
+
+def test_dispatcher_answers_every_request_exactly_once_through_a_device_loss():
+    problem = _problem(rate=1.0)
+    plans = _solo(problem)[:2]
+    composer = Composer.for_problem(plans, problem)
+    figures = composer.figures(problem)
+    load = 1.5 * figures[0].capacity_rps
+    comp = composer.compose(figures, load)
+    names = {plans[0].name: "a", plans[1].name: "b"}
+    renamed = type(comp)(
+        **{**comp.__dict__, "rates_rps": {names[p]: r for p, r in comp.rates_rps.items()}}
+    )
+    survivor = type(comp)(**{**comp.__dict__, "rates_rps": {"a": 0.0, "b": load}})
+    dispatcher = MultiPlanDispatcher(
+        {"a": ["x"], "b": ["y"]}, renamed, _FlakyExecutor(), lambda dead: survivor
+    )
+    result = dispatcher.run({rid: rid for rid in range(20)})
+    assert sorted(result.outputs) == list(range(20))
+    assert all(result.outputs[r] == 10 * r for r in range(20))
+    assert result.lost == [] and result.duplicates == 0
+    assert result.resent and all(result.served_by[r] == "b" for r in result.resent)
+    assert result.failures[0]["devices"] == ["x"]
+
+
+def test_trace_text_and_json_round_trip():
+    for trace in builtin_traces().values():
+        assert Trace.from_text(trace.to_text()) == trace
+        assert Trace.loads(trace.dumps()) == trace
+    trace = Trace(
+        "t",
+        10.0,
+        5.0,
+        (
+            Event(2.0, "leave", device="a"),
+            Event(4.0, "join", device="a"),
+            Event(6.0, "bandwidth", factor=0.5),
+        ),
+    )
+    assert Trace.from_text(trace.to_text()) == trace
+    spans = trace.segments()
+    assert [(a, b) for a, b, _ in spans] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 10.0)]
+    assert spans[1][2].absent == {"a"} and spans[2][2].absent == frozenset()
+    assert spans[3][2].bandwidth_factor == 0.5
