@@ -22,3 +22,22 @@ def test_mlp_stage_code(num_stages):
         if os.environ.get("DORA_ACCEPT_GOLDEN"):
             golden.write_text(stage.code)
         assert stage.code == golden.read_text(), f"generated code differs from {golden}"
+
+
+@pytest.mark.parametrize("name, num_stages", [("mlp", 2), ("transformer", 3)])
+def test_schedule_text(name, num_stages):
+    """The overlap schedule with two microbatches, pinned (its text round-trips)."""
+    from dora_fx.pipeline import CompileState, run_passes
+    from dora_fx.schedule import Schedule
+
+    model, inputs = build(name)
+    cluster = dora_fx.Cluster(tuple(dora_fx.Device(n, 1e11) for n in ("phone", "laptop", "pi")))
+    state = CompileState(model=model, example_inputs=inputs, example_kwargs={}, cluster=cluster,
+                         qoe=dora_fx.QoE(), num_stages=num_stages, microbatches=2)
+    run_passes(state)
+    text = state.schedule.to_text() + "\n"
+    assert Schedule.from_text(text) == state.schedule
+    golden = GOLDEN / f"schedule_{name}_{num_stages}stages.txt"
+    if os.environ.get("DORA_ACCEPT_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text(), f"schedule differs from {golden}"

@@ -1,0 +1,275 @@
+"""The communication schedule: text/JSON round trip, lowering, the verifier's checks, the
+reorder, and equivalence of scheduled runs (microbatches, chunks) with the model."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dora_fx
+from dora_fx.api import CompiledModel
+from dora_fx.comm_ops import SEND
+from dora_fx.models import build
+from dora_fx.passes.verify import verify_schedule
+from dora_fx.pipeline import CompileState, run_passes
+from dora_fx.schedule import (
+    Action,
+    Kind,
+    Schedule,
+    ScheduleError,
+    StageSchedule,
+    Step,
+    execute,
+    lower,
+    lower_stage,
+)
+
+CLUSTER = dora_fx.Cluster(tuple(dora_fx.Device(f"dev{i}", (i + 1) * 1e11) for i in range(4)))
+
+
+def compile_scheduled(model, inputs, num_stages, microbatches, kwargs=None, plan=None):
+    state = CompileState(
+        model=model,
+        example_inputs=inputs,
+        example_kwargs=dict(kwargs or {}),
+        cluster=CLUSTER,
+        qoe=dora_fx.QoE(),
+        num_stages=None if plan else num_stages,
+        given_plan=dora_fx.Plan.from_text(plan) if plan else None,
+        microbatches=microbatches,
+    )
+    run_passes(state)
+    return CompiledModel(state, [])
+
+
+# -- the IR ---------------------------------------------------------------------------------
+
+actions = st.one_of(
+    st.builds(Action, st.just(Kind.COMPUTE), st.integers(0, 20), st.integers(0, 20)),
+    st.builds(
+        Action, st.sampled_from([Kind.POST, Kind.WAIT, Kind.SENT]), st.integers(0, 20),
+        st.integers(0, 999), st.integers(0, 9),
+    ),
+    st.builds(
+        Action, st.just(Kind.SEND), st.integers(0, 20), st.integers(0, 999), st.integers(0, 9),
+        st.integers(1, 8),
+    ),
+)
+
+
+@given(st.lists(st.lists(actions, max_size=12), min_size=1, max_size=4), st.integers(1, 8),
+       st.sampled_from(["naive", "overlap"]), st.sampled_from(["fair", "critical-first"]))
+def test_text_and_json_round_trip(stage_actions, m, policy, contention):
+    schedule = Schedule(
+        policy, m, contention,
+        tuple(StageSchedule(k, tuple(a)) for k, a in enumerate(stage_actions)),
+    )
+    assert Schedule.from_text(schedule.to_text()) == schedule
+    assert Schedule.from_json(schedule.to_json()) == schedule
+    entries = [schedule.stage_entry(k) for k in range(len(stage_actions))]
+    assert Schedule.from_stage_entries(entries) == schedule
+
+
+def test_action_text():
+    assert [str(Action.parse(t)) for t in ["0F1", "3POST4<0", "1SEND9>2x4", "1SENT9>2"]] == [
+        "0F1", "3POST4<0", "1SEND9>2x4", "1SENT9>2",
+    ]
+    for bad, match in [("0SEND4>1x1", "not canonical"), ("0POST4>1", "not canonical"),
+                       ("0F1<2", "not canonical"), ("F1", "cannot parse")]:
+        with pytest.raises(ScheduleError, match=match):
+            Action.parse(bad)
+
+
+STEPS = [Step("recv", 4, 0), Step("compute", 0), Step("send", 9, 2, 4 << 20),
+         Step("recv", 7, 0), Step("compute", 1)]
+
+
+def test_naive_lowering_computes_everything_then_sends_blocking():
+    assert lower_stage(1, STEPS, 1, "naive").to_text() == (
+        "0POST4<0 0POST7<0 0WAIT4<0 0WAIT7<0 0F0 0F1 0SEND9>2 0SENT9>2"
+    )
+
+
+def test_overlap_lowering_posts_early_waits_late_and_chunks():
+    text = lower_stage(1, STEPS, 2, "overlap", chunk_bytes=1 << 20).to_text()
+    assert text == (
+        "0POST4<0 0POST7<0 1POST4<0 1POST7<0 0WAIT4<0 0F0 0SEND9>2x2 0WAIT7<0 0F1 "
+        "1WAIT4<0 1F0 1SEND9>2x2 1WAIT7<0 1F1 0SENT9>2 1SENT9>2"
+    )
+
+
+def test_a_cycle_of_waits_deadlocks():
+    schedule = Schedule("overlap", 1, "fair", (
+        StageSchedule.from_text(0, "0POST1<1 0WAIT1<1 0SEND2>1 0SENT2>1"),
+        StageSchedule.from_text(1, "0POST2<0 0WAIT2<0 0SEND1>0 0SENT1>0"),
+    ))
+    with pytest.raises(ScheduleError, match=r"deadlocks.*stage 0 at action 1 \(0WAIT1<1\)"):
+        execute(schedule)
+
+
+def test_blocking_sends_before_posts_deadlock():
+    # each sends first and waits for its send before posting: rendezvous never happens
+    schedule = Schedule("naive", 1, "fair", (
+        StageSchedule.from_text(0, "0SEND1>1 0SENT1>1 0POST2<1 0WAIT2<1"),
+        StageSchedule.from_text(1, "0SEND2>0 0SENT2>0 0POST1<0 0WAIT1<0"),
+    ))
+    with pytest.raises(ScheduleError, match="deadlocks"):
+        execute(schedule)
+
+
+# -- the verifier ---------------------------------------------------------------------------
+
+
+def _three_stage_mlp(microbatches=2):
+    model, inputs = build("mlp")
+    return compile_scheduled(model, inputs, 3, microbatches)
+
+
+def _verify(compiled, schedule):
+    verify_schedule(schedule, [p.gm.graph for p in compiled.state.programs], [True] * 3)
+
+
+def _edit(schedule, stage, text):
+    stages = list(schedule.stages)
+    stages[stage] = StageSchedule.from_text(stage, text)
+    return Schedule(schedule.policy, schedule.microbatches, schedule.contention, tuple(stages))
+
+
+def test_the_chosen_schedule_verifies():
+    compiled = _three_stage_mlp()
+    _verify(compiled, compiled.state.schedule)
+    assert compiled.state.schedule.microbatches == 2
+
+
+@pytest.mark.parametrize(
+    "stage1, match",
+    [
+        ("1POST0<0 0POST0<0 0WAIT0<0 0F0 0SEND4>2 1WAIT0<0 1F0 1SEND4>2 0SENT4>2 1SENT4>2", None),
+        ("0WAIT0<0 0POST0<0 1POST0<0 0F0 0SEND4>2 1WAIT0<0 1F0 1SEND4>2 0SENT4>2 1SENT4>2",
+         "0WAIT0<0 waits for a receive it has not posted"),
+        ("0POST0<0 1POST0<0 0F0 0WAIT0<0 0SEND4>2 1WAIT0<0 1F0 1SEND4>2 0SENT4>2 1SENT4>2",
+         r"0F0 uses tag 0 from stage 0 before 0WAIT0<0"),
+        ("0POST0<0 1POST0<0 0WAIT0<0 0SEND4>2 0F0 1WAIT0<0 1F0 1SEND4>2 0SENT4>2 1SENT4>2",
+         "0SEND4>2 sends before segment F0 produced it"),
+        ("0POST0<0 1POST0<0 0WAIT0<0 0F0 0SEND4>2 1WAIT0<0 1F0 0SENT4>2",
+         r"missing \['1SEND4>2', '1SENT4>2'\]"),
+        ("0POST0<0 1POST0<0 0WAIT0<0 0F0 0SENT4>2 0SEND4>2 1WAIT0<0 1F0 1SEND4>2 1SENT4>2",
+         "0SENT4>2 waits for a send it has not started"),
+        ("0POST0<0 1POST0<0 1WAIT0<0 1F0 1SEND4>2 0WAIT0<0 0F0 0SEND4>2 0SENT4>2 1SENT4>2",
+         None),  # microbatches may go out of order
+    ],
+)
+def test_verifier_checks_each_stage(stage1, match):
+    compiled = _three_stage_mlp()
+    schedule = _edit(compiled.state.schedule, 1, stage1)
+    if match is None:
+        _verify(compiled, schedule)
+    else:
+        with pytest.raises(dora_fx.VerificationError, match=match):
+            _verify(compiled, schedule)
+
+
+def test_verifier_finds_a_deadlock_between_stages():
+    compiled = _three_stage_mlp()
+    # stage 1 waits for its microbatch-0 send to leave before it sends microbatch 1; stage 2
+    # posts microbatch 0 only after microbatch 1 arrived: each waits on the other
+    schedule = _edit(compiled.state.schedule, 1,
+                     "0POST0<0 1POST0<0 0WAIT0<0 0F0 0SEND4>2 0SENT4>2 1WAIT0<0 1F0 1SEND4>2 "
+                     "1SENT4>2")
+    schedule = _edit(schedule, 2, "1POST4<1 1WAIT4<1 0POST4<1 0WAIT4<1 0F0 1F0")
+    with pytest.raises(dora_fx.VerificationError,
+                       match=r"deadlocks.*stage 1 at action 5 \(0SENT4>2\).*stage 2 at action 1"):
+        _verify(compiled, schedule)
+
+
+def test_verifier_catches_a_send_with_no_wait():
+    compiled = _three_stage_mlp(microbatches=1)
+    schedule = _edit(compiled.state.schedule, 0, "0F0 0SEND0>1 0SEND3>1 0SENT0>1 0SENT3>1")
+    with pytest.raises(dora_fx.VerificationError, match="unexpected or repeated"):
+        _verify(compiled, schedule)
+    schedule = _edit(compiled.state.schedule, 2, "0F0")
+    schedule = _edit(schedule, 1, "0POST0<0 0WAIT0<0 0F0")
+    with pytest.raises(dora_fx.VerificationError, match="missing"):
+        _verify(compiled, schedule)
+
+
+# -- the reorder ----------------------------------------------------------------------------
+
+
+class TwoHeads(torch.nn.Module):
+    """Stage 0 owns a costly local branch and a cheap value the next stage needs."""
+
+    def __init__(self):
+        super().__init__()
+        self.local = torch.nn.Sequential(*[torch.nn.Linear(16, 16) for _ in range(4)])
+        self.shared = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.local(x), self.head(torch.relu(self.shared(x)))
+
+
+def test_reorder_produces_what_the_next_stage_waits_for_first():
+    model, x = TwoHeads().eval(), torch.randn(4, 16)
+    probe = dora_fx.compile(model, CLUSTER, example_inputs=(x,), num_stages=1)
+    names = [n.name for n in probe.state.chain.nodes]
+    shared_block = probe.state.chain.block_of_node()[
+        next(n for n in probe.state.chain.nodes if n.name.startswith("linear_4"))
+    ]
+    blocks = len(probe.state.chain.blocks)
+    assert names and 0 < shared_block + 1 < blocks
+    plan = (f"plan two batch=4\nstage 0 blocks=0:{shared_block + 1} devices=dev0\n"
+            f"stage 1 blocks={shared_block + 1}:{blocks} devices=dev1")
+    compiled = compile_scheduled(model, (x,), None, 2, plan=plan)
+    order = [n for n in compiled.state.programs[0].gm.graph.nodes]
+    send = next(i for i, n in enumerate(order) if n.target is SEND)
+    local_linears = [i for i, n in enumerate(order)
+                     if n.op == "call_function" and "linear" in str(n.target) and i > send]
+    assert local_linears, "the local branch should run after the send"
+    assert "segment F1" in compiled.stages[0].code
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
+# -- equivalence with microbatches and chunks ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mobilenetv2", "bert", "transformer", "mlp"])
+def test_scheduled_runs_equal_the_model(name, monkeypatch, debug_verifier):
+    monkeypatch.setattr("dora_fx.schedule.CHUNK_BYTES", 512)
+    monkeypatch.setattr("dora_fx.passes.schedule_comm.CHUNK_BYTES", 512)
+    model, inputs = build(name, batch=5)
+    with torch.no_grad():
+        expected = model(*inputs)
+    compiled = compile_scheduled(model, inputs, 3, 2)
+    schedule = compiled.state.schedule
+    assert schedule.microbatches == 2 and schedule.overlaps
+    assert any(a.chunks > 1 for s in schedule.stages for a in s.actions), "nothing was chunked"
+    torch.testing.assert_close(compiled(*inputs), expected)
+    three = compile_scheduled(model, inputs, 3, 3)  # uneven microbatches: 2, 2, 1
+    torch.testing.assert_close(three(*inputs), expected)
+    one = tuple(x[:1] if isinstance(x, torch.Tensor) else x for x in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(three(*one), model(*one))  # batch 1 < 3 microbatches
+
+
+def test_scheduled_data_parallel_stage_equals_the_model():
+    model, inputs = build("transformer", batch=6)
+    blocks = len(compile_scheduled(model, inputs, 1, 1).state.chain.blocks)
+    third = blocks // 3
+    plan = (f"plan hybrid batch=6\nstage 0 blocks=0:{third} devices=dev0\n"
+            f"stage 1 blocks={third}:{2 * third} devices=dev1,dev2 shares=0.4,0.6\n"
+            f"stage 2 blocks={2 * third}:{blocks} devices=dev3")
+    compiled = compile_scheduled(model, inputs, None, 2, plan=plan)
+    assert compiled.state.schedule.stages[1].segments_used() == 1
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(*inputs), model(*inputs))
+
+
+def test_the_chosen_microbatch_count_is_the_simulated_best():
+    model, inputs = build("mlp", batch=8)
+    compiled = compile_scheduled(model, inputs, 3, None)
+    choice = compiled.state.schedule_choice
+    assert set(choice.tried) <= {1, 2, 4, 8} and choice.tried
+    assert choice.schedule.microbatches == min(choice.tried, key=lambda m: (choice.tried[m], m))
+    assert choice.predicted.latencies_s[0] == choice.tried[choice.schedule.microbatches]
