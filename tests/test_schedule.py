@@ -20,7 +20,6 @@ from dora_fx.schedule import (
     StageSchedule,
     Step,
     execute,
-    lower,
     lower_stage,
 )
 
