@@ -20,6 +20,9 @@ Fitting, with ``t' = t - op_overhead_s`` (the time past dispatch):
   runs at 30-50 GB/s, normalization and padding kernels at a fraction of that, and outputs
   above the allocator's mmap threshold (32 MB in glibc) pay page faults on every call
   (about 5 GB/s);
+* ``bandwidth_curve``: the same median, per tensor size, at that size's median traffic; node
+  times interpolate it (``Device.bandwidth_at``), so a 4 MB layer_norm and a 40 MB padded
+  feature map each get the bandwidth measured near their size;
 * ``dense_flops_per_s`` = median of ``FLOPs / t'`` over matmuls and convs;
 * ``other_flops_per_s`` = the highest ``FLOPs / t'`` an elementwise op reached (a roofline's
   compute roof is at least what was achieved).
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -238,11 +242,25 @@ def fit_device(rows: list[Measurement], name: str = "host", **extra: Any) -> Dev
         r.flops / past_overhead(r) for r in rows if r.op_class in ("matmul", "conv")
     )
     other = max(r.flops / past_overhead(r) for r in rows if r.op_class == "elementwise")
+    # Bandwidth by tensor size: per size, the median over the memory-bound ops of that size.
+    by_size: dict[str, list[Measurement]] = {}
+    for r in rows:
+        if r.op_class in ("copy", "elementwise") and r.flops <= r.bytes_moved:
+            size = re.search(r"(\d+) MB$", r.name)
+            by_size.setdefault(size.group(1) if size else "", []).append(r)
+    curve = tuple(
+        (
+            statistics.median(r.bytes_moved for r in group),
+            statistics.median(r.bytes_moved / past_overhead(r) for r in group),
+        )
+        for group in by_size.values()
+    )
     spec: dict[str, Any] = dict(
         name=name,
         dense_flops_per_s=dense,
         other_flops_per_s=other,
         memory_bandwidth_bytes_per_s=bandwidth,
+        bandwidth_curve=curve,
         op_overhead_s=overhead,
         kind="host",
     )

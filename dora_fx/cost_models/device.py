@@ -11,6 +11,11 @@ free. Sustained = peak x efficiency: presets give the spec-sheet peak (sources i
 docs/devices.md) and an efficiency; a calibrated host profile gives measured rates with
 efficiency 1. A stage's time is the sum of its nodes' times.
 
+A calibrated host also carries a ``bandwidth_curve``: bandwidth measured at several traffic
+sizes, since caches and the allocator make small and large tensors move at very different
+rates (a cache-aware roofline). Node times use it; block times, which only know a block's
+total traffic, use the single ``memory_bandwidth_bytes_per_s``.
+
 Blocks (``dora_fx.Problem``) keep per-class sums rather than per-node figures, so a block is
 costed as two rooflines, one per class (``block_time_s``): exact when every node of a class is
 on the same side of the ridge point, and never below the single roofline of the totals.
@@ -63,8 +68,25 @@ class Device:
     dense_efficiency: float = 1.0
     other_efficiency: float = 1.0
     memory_efficiency: float = 1.0
+    bandwidth_curve: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self,
+            "bandwidth_curve",
+            tuple(sorted((float(q), float(b)) for q, b in self.bandwidth_curve)),
+        )
+        for traffic, bandwidth in self.bandwidth_curve:
+            if not (
+                math.isfinite(traffic)
+                and traffic > 0
+                and math.isfinite(bandwidth)
+                and bandwidth > 0
+            ):
+                raise ClusterError(
+                    f"device {self.name!r}: bandwidth_curve holds (bytes, bytes/s) pairs, both "
+                    f"positive and finite, got ({traffic!r}, {bandwidth!r})"
+                )
         if not isinstance(self.name, str) or not self.name:
             raise ClusterError(f"Device.name must be a non-empty string, got {self.name!r}")
         for name in ("dense_flops_per_s", "memory_bandwidth_bytes_per_s", "memory_bytes"):
@@ -127,9 +149,27 @@ class Device:
                 f"device {self.name!r}: op_class must be 'dense', 'other' or 'view', got "
                 f"{op_class!r}"
             )
-        return self.op_overhead_s + max(
-            flops / rate, bytes_moved / self.sustained_bandwidth_bytes_per_s
-        )
+        return self.op_overhead_s + max(flops / rate, bytes_moved / self.bandwidth_at(bytes_moved))
+
+    def bandwidth_at(self, bytes_moved: float) -> float:
+        """Sustained bandwidth for a node moving ``bytes_moved``.
+
+        A cache-aware roofline: with a measured ``bandwidth_curve`` (calibrated hosts), the
+        bandwidth at that traffic, interpolated log-log and clamped at the ends (small working
+        sets stay in cache, large ones pay DRAM and allocation); otherwise the single figure.
+        """
+        curve = self.bandwidth_curve
+        if not curve or bytes_moved <= 0:
+            return self.sustained_bandwidth_bytes_per_s
+        if bytes_moved <= curve[0][0]:
+            return curve[0][1] * self.memory_efficiency
+        if bytes_moved >= curve[-1][0]:
+            return curve[-1][1] * self.memory_efficiency
+        for (q0, b0), (q1, b1) in zip(curve, curve[1:]):
+            if bytes_moved <= q1:
+                w = math.log(bytes_moved / q0) / math.log(q1 / q0)
+                return math.exp((1 - w) * math.log(b0) + w * math.log(b1)) * self.memory_efficiency
+        return curve[-1][1] * self.memory_efficiency  # not reached
 
     def block_time_s(
         self,
@@ -167,7 +207,9 @@ class Device:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["bandwidth_curve"] = [list(p) for p in self.bandwidth_curve]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Device:
@@ -177,6 +219,8 @@ class Device:
             raise ClusterError(
                 f"device {data.get('name', '?')!r}: unknown fields {unknown}; a Device has {sorted(known)}"
             )
+        if "bandwidth_curve" in data:
+            data = {**data, "bandwidth_curve": tuple(tuple(p) for p in data["bandwidth_curve"])}
         return cls(**data)
 
     def save_profile(

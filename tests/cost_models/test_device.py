@@ -121,3 +121,16 @@ def test_json_round_trip_and_replace():
     assert d.replace(memory_bytes=1.0).memory_bytes == 1.0
     with pytest.raises(ClusterError):
         d.replace(dense_flops_per_s=0)
+
+
+def test_bandwidth_curve_is_a_cache_aware_roofline():
+    d = make(bandwidth_curve=((1e6, 40e9), (1e8, 4e9)), op_overhead_s=0.0)
+    assert d.bandwidth_at(1e5) == 40e9  # clamped below the first point
+    assert d.bandwidth_at(1e9) == 4e9  # and above the last
+    assert d.bandwidth_at(1e7) == pytest.approx(4e9 * 10**0.5)  # log-log midpoint
+    assert d.node_time_s(0, 1e8, "other") == pytest.approx(1e8 / 4e9)
+    # blocks only know their total traffic: they use the single figure
+    assert d.block_time_s(0, 0, 1e8, 0) == pytest.approx(1e8 / 10e9)
+    assert Device.from_json(d.to_json()) == d
+    with pytest.raises(ClusterError, match="bandwidth_curve holds"):
+        make(bandwidth_curve=((1e6, 0.0),))
