@@ -272,3 +272,16 @@ def test_the_chosen_microbatch_count_is_the_simulated_best():
     assert set(choice.tried) <= {1, 2, 4, 8} and choice.tried
     assert choice.schedule.microbatches == min(choice.tried, key=lambda m: (choice.tried[m], m))
     assert choice.predicted.latencies_s[0] == choice.tried[choice.schedule.microbatches]
+
+
+def test_a_loaded_plan_with_its_schedule_equals_the_model(tmp_path):
+    """plan.json keeps each stage's schedule; a loaded stage (a plain module) runs whole per
+    microbatch under it. The loader does not read the schedule yet: hand it over as it would."""
+    model, inputs = build("gpt2", batch=4)
+    compiled = compile_scheduled(model, inputs, 3, 2)
+    loaded = dora_fx.load(compiled.save(tmp_path / "gpt2"))
+    for mine, theirs in zip(loaded.stages, compiled.stages):
+        mine.transfers["schedule"] = theirs.transfers["schedule"]
+    assert loaded.manifest["stages"][1]["schedule"] == compiled.state.schedule.stage_entry(1)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*inputs), model(*inputs))

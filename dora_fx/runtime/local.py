@@ -26,6 +26,7 @@ from ..schedule import (
     Kind,
     Schedule,
     ScheduleError,
+    Step,
     execute,
     lower,
     segments,
@@ -178,12 +179,11 @@ class LocalPipeline:
                 )
 
 
-def _stage_graph(module: torch.nn.Module) -> torch.fx.GraphModule:
-    """The stage's graph: the compiled GraphModule, or a loaded stage's forward traced (its
-    generated code is straight-line ATen calls in the same order)."""
-    if isinstance(module, torch.fx.GraphModule):
-        return module
-    return torch.fx.symbolic_trace(module)
+def _whole_steps(stage: StageModule) -> list[Step]:
+    """A stage run whole: receive everything, compute, send (from its recorded transfers)."""
+    recvs = [Step("recv", r["tag"], r["peer"]) for r in stage.transfers.get("recvs", [])]
+    sends = [Step("send", t["tag"], t["peer"]) for t in stage.transfers.get("sends", [])]
+    return [*recvs, Step("compute", 0), *sends]
 
 
 class _StageView:
@@ -216,11 +216,20 @@ class _ScheduledRun:
         schedule = Schedule.from_stage_entries(entries)  # type: ignore[arg-type]
         batch = pipeline._batch_size(flat)
         m = 1 if batch is None else max(1, min(schedule.microbatches, batch))
-        self.graphs = {s.index: _stage_graph(s.module) for s in pipeline.stages}
-        self.whole = {s.index: len(s.shares) > 1 for s in pipeline.stages}
+        # A loaded stage is a plain module (its forward is the segments in order): it runs
+        # whole per microbatch, under the schedule relowered for one segment.
+        self.graphs = {
+            s.index: s.module for s in pipeline.stages if isinstance(s.module, torch.fx.GraphModule)
+        }
+        self.whole = {s.index: len(s.shares) > 1 or s.index not in self.graphs
+                      for s in pipeline.stages}
         self.segments = {k: segments(g.graph, not self.whole[k]) for k, g in self.graphs.items()}
-        if m != schedule.microbatches:  # a smaller batch than the schedule was lowered for
-            steps = [stage_steps(self.graphs[k].graph, not self.whole[k]) for k in self.graphs]
+        if m != schedule.microbatches or len(self.graphs) < len(pipeline.stages):
+            steps = [
+                stage_steps(self.graphs[s.index].graph, not self.whole[s.index])
+                if s.index in self.graphs else _whole_steps(s)
+                for s in pipeline.stages
+            ]
             schedule = lower(steps, m, schedule.policy, schedule.contention, CHUNK_BYTES)
         self.schedule = schedule
         dims = pipeline.input_batch_dims
@@ -230,7 +239,7 @@ class _ScheduledRun:
             [slice_along(x, d if m > 1 else None, start, size) for x, d in zip(flat, dims)]
             for start, size in zip(starts, self.sizes)
         ]
-        self.views = {(k, mb): _StageView(k, mb) for k in self.graphs for mb in range(m)}
+        self.views = {(k, mb): _StageView(k, mb) for k in self.stages for mb in range(m)}
         self.interpreters: dict[tuple[int, int], torch.fx.Interpreter] = {}
         self.messages: dict[tuple[int, int, int, int], list[torch.Tensor]] = {}
         self.outputs: dict[tuple[int, int], list[Any]] = {}
@@ -270,6 +279,10 @@ class _ScheduledRun:
     def _compute(self, stage: int, mb: int, segment: int, view: _StageView) -> None:
         module = self.stages[stage]
         inputs = [self.inputs[mb][i] for i in module.input_indices]
+        if self.whole[stage] and len(module.shares) == 1:  # a loaded stage: its forward whole
+            with use_transport(view):
+                self.outputs[(stage, mb)] = list(module.module(*inputs))
+            return
         if self.whole[stage]:  # data-parallel: every replica runs the whole stage
             dims = self.pipeline.input_batch_dims
             sent, outputs = run_replicated(
