@@ -82,7 +82,6 @@ class RunConfig:
 
 
 STARTUP_TIMEOUT_S = 60.0
-_REFERENCE_WINDOW = 256  # items the measured compute reference is the median of
 
 
 def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | None:
@@ -149,6 +148,9 @@ class _Driver:
         self._cpu_samples: list[float] = []
         self._device_wall_s: float | None = None  # emulated wall seconds of one item
         self._ledger: Any = None
+        self._clocks = self._stream_clocks = (0.0, 0.0, 0.0)
+        self.warmup_cpu_item_s, self.inflation = 0.0, 1.0
+        self._stream_start = 0  # index of the stream's first CPU sample
 
     def run(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         config, m = self.config, self.config.microbatches
@@ -165,14 +167,18 @@ class _Driver:
         # Phase 2: the measured stream.
         self.transport.stretch = ComputeStretch(self.transport.stretch.factor)
         self.items, self.first_measured_item = 0, warmup * m
+        self._stream_start = len(self._cpu_samples)
         return self._stream(requests, range(warmup * m, (warmup + total) * m))
 
     def _serve(self, requests: list[list[Any]], items: range, record: bool = False) -> list[Any]:
         """Warm-up: rank 0 feeds requests one at a time; everyone runs its items."""
-        from .emulation import CostRecorder
+        from .emulation import CostRecorder, measured_reference_s
 
         ops: list[Any] = []
+        cpu_after_first = time.process_time()
         for item in items:
+            if item == items.start + 1:
+                cpu_after_first = time.process_time()  # the recorded first item is slower
             if self.me.rank == 0:
                 request = requests[(item - items.start) // self.config.microbatches]
                 self.transport.scatter_inputs(item, self._microbatch(request, item - items.start))
@@ -186,9 +192,14 @@ class _Driver:
         if self.me.rank == 0:
             for item in items:
                 self.transport.collect_outputs(item, sorted(self.wiring.output_dims))
+        # process CPU (every thread) per item, and how much longer compute took in wall time
+        self.warmup_cpu_item_s = (time.process_time() - cpu_after_first) / max(len(items) - 1, 1)
+        stretch = self.transport.stretch
+        self.inflation = stretch.busy_wall_s / stretch.busy_cpu_s if stretch.busy_cpu_s else 1.0
         # CPU seconds per item (the recorded, slower first item aside when there are others)
-        samples = sorted(self._cpu_samples) or [self.transport.stretch.busy_cpu_s]
-        self.host_measured_item_s = samples[len(samples) // 2]
+        self.host_measured_item_s = (
+            measured_reference_s(self._cpu_samples) or self.transport.stretch.busy_cpu_s
+        )
         return [op for op in ops if op is not None]
 
     def _run_item(self, item: int, recording: bool = False) -> None:
@@ -208,12 +219,13 @@ class _Driver:
             self._rescale()
 
     def _rescale(self) -> None:
-        """Measured reference: the median CPU time per item so far (the warm-up's and the
-        stream's), so an item lasts the device's predicted time times its own deviation."""
+        """Measured reference: the mean CPU time per item of the recent items (the warm-up's
+        and the stream's; ``emulation.measured_reference_s``)."""
+        from .emulation import measured_reference_s
+
         if self.config.compute_reference != "measured" or self._device_wall_s is None:
             return
-        window = sorted(self._cpu_samples[-_REFERENCE_WINDOW:])
-        reference = window[len(window) // 2]
+        reference = measured_reference_s(self._cpu_samples, self._stream_start)
         if reference > 0:
             self.transport.stretch.factor = self._device_wall_s / reference
 
@@ -238,7 +250,7 @@ class _Driver:
         from .emulation import (
             LinkShaper,
             MediumLedger,
-            contention_margin,
+            dilation,
             resource_keys,
             stage_time_s,
         )
@@ -254,11 +266,19 @@ class _Driver:
         device, host = cluster.device(self.me.device), Device.from_json(self.config.host)
         self.device_item_s, self.host_item_s = stage_time_s(device, ops), stage_time_s(host, ops)
         reference = self._host_reference_s()
-        # dilation at which this device can be emulated: its time must not be below the host's
-        need = torch.tensor([reference / max(self.device_item_s, 1e-12)], dtype=torch.float64)
-        dist.all_reduce(need, op=dist.ReduceOp.MAX, group=self.control)
-        margin = contention_margin(len(self.wiring.table))
-        scale = self.config.time_scale or max(float(need) * margin, 1.0)
+        # dilation at which this device can be emulated (its time must not be below the
+        # host's), the bottleneck device, the host's contention; and the run's CPU per item
+        peak = torch.tensor(
+            [reference / max(self.device_item_s, 1e-12), self.device_item_s, self.inflation],
+            dtype=torch.float64,
+        )
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=self.control)
+        cpu = torch.tensor([self.warmup_cpu_item_s], dtype=torch.float64)
+        dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=self.control)
+        need, bottleneck_s, inflation = (float(v) for v in peak)
+        scale = self.config.time_scale or dilation(
+            need, len(self.wiring.table), float(cpu), bottleneck_s, inflation
+        )
         self.time_scale = scale
         factor = scale * self.device_item_s / reference if reference > 0 else scale
         self._device_wall_s = scale * self.device_item_s
@@ -278,6 +298,18 @@ class _Driver:
         )
 
     def _stream(self, requests: list[list[Any]], items: range) -> dict[str, Any] | None:
+        self._clocks = (time.monotonic(), time.thread_time(), time.process_time())
+        try:
+            return self._stream_items(requests, items)
+        finally:
+            wall, thread_cpu, process_cpu = self._clocks
+            self._stream_clocks = (
+                time.monotonic() - wall,
+                time.thread_time() - thread_cpu,
+                time.process_time() - process_cpu,
+            )
+
+    def _stream_items(self, requests: list[list[Any]], items: range) -> dict[str, Any] | None:
         m, fault = self.config.microbatches, self.config.fault or {}
         if self.me.rank != 0:
             for k, item in enumerate(items):
@@ -293,9 +325,15 @@ class _Driver:
             while r - len(done) >= window and self.config.rate_rps is None:
                 done.append(self._collect(items.start + len(done) * m))
                 self._progress(len(done), len(requests))
+            # A request is issued when its client sends it: at its time in the open loop, or
+            # when the request ``window`` before it returned (closed loop), not when rank 0
+            # gets round to it; time it waits for rank 0's stage is latency, as in the sim.
             if self.config.rate_rps:
-                _sleep_to(start + r * self.time_scale / self.config.rate_rps)
-            released.append(time.monotonic())
+                issued = start + r * self.time_scale / self.config.rate_rps
+                _sleep_to(issued)
+            else:
+                issued = done[r - window][1] if r >= window else start
+            released.append(issued)
             for k in range(m):
                 item = items.start + r * m + k
                 if fault.get("rank") == 0 and fault.get("item") == r * m + k:
@@ -349,6 +387,14 @@ class _Driver:
             "items": self.items,
             "busy_s": stretch.busy_wall_s / self.time_scale,
             "overrun_s": stretch.overrun_wall_s / self.time_scale,
+            # wall seconds of the stream; CPU seconds of the main thread (the stage's compute
+            # is busy_cpu_s of it, the rest is the driver's own work) and of the whole process
+            "stream_wall_s": self._stream_clocks[0],
+            "stream_thread_cpu_s": self._stream_clocks[1],
+            "stream_process_cpu_s": self._stream_clocks[2],
+            "compute_cpu_s": stretch.busy_cpu_s,
+            "warmup_cpu_item_s": self.warmup_cpu_item_s,
+            "inflation": self.inflation,
             "predicted_item_s": self.device_item_s,
             "host_predicted_item_s": self.host_item_s,
             "host_measured_item_s": self.host_measured_item_s,

@@ -56,6 +56,9 @@ __all__ = [
     "CostRecorder",
     "stage_time_s",
     "contention_margin",
+    "host_capacity_scale",
+    "dilation",
+    "measured_reference_s",
     "ComputeStretch",
     "MediumLedger",
     "LinkShaper",
@@ -64,6 +67,11 @@ __all__ = [
 
 _SDPA = torch.ops.aten.scaled_dot_product_attention.default
 _COMM_OPS = {"send", "recv"}
+# Allocations a composite op makes for its outputs when it decomposes at dispatch (eval
+# batch_norm -> empty + native_batch_norm): their time is the filling op's. Counted, each
+# cost a per-op overhead the captured graph (and so the simulator) does not have, 52 of them
+# in MobileNetV2: about a fifth of its predicted time on a Jetson.
+_ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,7 @@ class CostRecorder(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = op_name(func)
-        if name not in _COMM_OPS and not is_view(name):
+        if name not in _COMM_OPS and name not in _ALLOCATIONS and not is_view(name):
             self.ops.append(_op_cost(func, name, args, kwargs, out))
         return out
 
@@ -128,6 +136,69 @@ def contention_margin(ranks: int, cores: int | None = None) -> float:
     average; keep that at half the cores (the host has other work too), and at least 1.5x."""
     cores = cores or os.cpu_count() or 1
     return max(1.5, 2.0 * ranks / cores)
+
+
+REFERENCE_WINDOW = 256  # items the measured compute reference averages
+
+
+def measured_reference_s(cpu_samples: Sequence[float], stream_start: int = 0) -> float:
+    """Host CPU seconds per item a device's predicted time is scaled against: the mean of the
+    recent samples, those of the emulated stream (from ``stream_start``) once there are a few.
+    An item then lasts the predicted time times its own deviation from that mean, so items
+    last the predicted time on average. (The median did not: CPU times on a shared host skew
+    right. Nor did warm-up samples: items run back to back there, on warm caches, and took
+    6-12% less CPU than the stream's, which sleep between items.)"""
+    stream = cpu_samples[stream_start:]
+    window = (stream if len(stream) >= _STREAM_SAMPLES else cpu_samples)[-REFERENCE_WINDOW:]
+    return sum(window) / len(window) if window else 0.0
+
+
+_STREAM_SAMPLES = 8
+
+
+HOST_LOAD = 0.3  # of the cores left to the run: the share an emulated run may keep busy
+
+
+def host_capacity_scale(
+    cpu_per_item_s: float,
+    bottleneck_item_s: float,
+    inflation: float = 1.0,
+    cores: int | None = None,
+    load: float = HOST_LOAD,
+) -> float:
+    """Dilation at which the host keeps up with the emulated pipeline.
+
+    At the emulated rate an item leaves at best every ``scale * bottleneck_item_s`` wall
+    seconds, and one item costs the host ``cpu_per_item_s`` of CPU summed over every rank and
+    thread (driver, transport and gloo threads, not only the stage's compute). Of the host's
+    cores, ``cores / inflation`` are the run's (``inflation``: wall over CPU time of compute in
+    the warm-up, above 1 when other work shares the host). Keeping the run under ``load`` of
+    those means a rank woken to compute or send rarely queues for a core; queueing is time
+    the emulation cannot see, and it made runs on fast devices (small dilation) slower than
+    the devices they emulate::
+
+        scale >= cpu_per_item_s / (load * cores / inflation * bottleneck_item_s)
+    """
+    cores = cores or os.cpu_count() or 1
+    available = cores / max(inflation, 1.0)
+    return cpu_per_item_s / (load * available * max(bottleneck_item_s, 1e-12))
+
+
+def dilation(
+    need: float,
+    ranks: int,
+    cpu_per_item_s: float,
+    bottleneck_item_s: float,
+    inflation: float = 1.0,
+) -> float:
+    """The run's time scale: every device emulable with headroom (``need``: the largest host
+    over device time of a rank, times ``contention_margin``) and the host able to keep up
+    (``host_capacity_scale``); never below real time."""
+    return max(
+        need * contention_margin(ranks),
+        host_capacity_scale(cpu_per_item_s, bottleneck_item_s, inflation),
+        1.0,
+    )
 
 
 class ComputeStretch:

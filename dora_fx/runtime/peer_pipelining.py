@@ -47,7 +47,8 @@ from .emulation import (
     LinkShaper,
     MediumLedger,
     OpCost,
-    contention_margin,
+    dilation,
+    measured_reference_s,
     resource_keys,
     stage_time_s,
 )
@@ -63,7 +64,6 @@ from .launch import (
 __all__ = ["even_split_points", "run_pipelining", "PeerConfig", "PeerRank"]
 
 _TOKEN_TAG = 7
-_REFERENCE_WINDOW = 256
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -244,6 +244,7 @@ class _Emulation:
         self.device_wall_s: float | None = None
         self.forwards = 0
         self.bytes_sent = 0
+        self.stream_start = 0  # index of the stream's first CPU sample
         self.sends: list[_DeferredSend] = []
 
     def wrap_forward(self, module: nn.Module) -> None:
@@ -270,8 +271,7 @@ class _Emulation:
         # as runtime.distributed: an item lasts the device's time times its own deviation
         if self.device_wall_s is None:
             return
-        window = sorted(self.cpu_samples[-_REFERENCE_WINDOW:])
-        reference = window[len(window) // 2]
+        reference = measured_reference_s(self.cpu_samples, self.stream_start)
         if reference > 0:
             self.stretch.factor = self.device_wall_s / reference
 
@@ -329,22 +329,30 @@ def _run_rank(config: PeerConfig, rank: int, world_size: int) -> None:
     outputs: list[Any] = []
     with torch.no_grad():
         # Phase 1: warm up (shape inference, op counting, CPU-time reference); not emulated.
+        cpu_after_first = time.process_time()
         for r in range(warmup):
+            if r == 1:
+                cpu_after_first = time.process_time()  # the recorded first step is slower
             _step(schedule, rank, last, requests[r])
+        items = max(warmup - 1, 1) * config.microbatches
+        cpu_item_s = (time.process_time() - cpu_after_first) / items
         _barrier(control)
-        scale = _start_emulation(config, emulation, control)
+        scale = _start_emulation(config, emulation, control, cpu_item_s)
         emulation.stretch = ComputeStretch(emulation.stretch.factor)
-        emulation.forwards = 0
+        emulation.forwards, emulation.stream_start = 0, len(emulation.cpu_samples)
         # Phase 2: the measured stream.
-        released, completed = [], []
+        released: list[float] = []
+        completed: list[float] = []
         window = config.in_flight or world_size
         pending: list[tuple[Any, torch.Tensor]] = []
+        start = time.monotonic()
         for r, request in enumerate(requests):
             if rank == 0:
                 if r >= window:
                     completed.append(_take_token(tokens, last))
                     _progress(config, len(completed), len(requests))
-                released.append(time.monotonic())
+                # issued when the request ``window`` before it returned, as run_local counts
+                released.append(completed[r - window] if r >= window else start)
             out = _step(schedule, rank, last, request)
             if rank == last:
                 token = torch.tensor([r, int(time.monotonic() * 1e6)], dtype=torch.int64)
@@ -398,19 +406,29 @@ def _barrier(group: Any) -> None:
     dist.barrier(group=group)
 
 
-def _start_emulation(config: PeerConfig, emulation: _Emulation, control: Any) -> float:
+def _start_emulation(
+    config: PeerConfig, emulation: _Emulation, control: Any, cpu_item_s: float
+) -> float:
     """Dilation, compute factor and link shaper, as ``runtime.distributed`` sets them."""
-    samples = sorted(emulation.cpu_samples) or [emulation.stretch.busy_cpu_s]
-    reference = samples[len(samples) // 2]
+    reference = measured_reference_s(emulation.cpu_samples) or emulation.stretch.busy_cpu_s
     if not config.emulate:
         return 1.0
     assert config.cluster is not None and config.host is not None and config.ledger_path
     cluster = Cluster.from_json(config.cluster)
     device = cluster.device(config.devices[emulation.rank])
     device_item_s = emulation.device_item_s = stage_time_s(device, emulation.ops or [])
-    need = torch.tensor([reference / max(device_item_s, 1e-12)], dtype=torch.float64)
-    dist.all_reduce(need, op=dist.ReduceOp.MAX, group=control)
-    scale = config.time_scale or max(float(need) * contention_margin(len(config.devices)), 1.0)
+    stretch = emulation.stretch
+    inflation = stretch.busy_wall_s / stretch.busy_cpu_s if stretch.busy_cpu_s else 1.0
+    peak = torch.tensor(
+        [reference / max(device_item_s, 1e-12), device_item_s, inflation], dtype=torch.float64
+    )
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=control)
+    cpu = torch.tensor([cpu_item_s], dtype=torch.float64)
+    dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=control)
+    need, bottleneck_s, worst_inflation = (float(v) for v in peak)
+    scale = config.time_scale or dilation(
+        need, len(config.devices), float(cpu), bottleneck_s, worst_inflation
+    )
     emulation.device_wall_s = scale * device_item_s
     emulation.stretch.factor = emulation.device_wall_s / reference if reference > 0 else scale
     keys = resource_keys(cluster.network, config.devices)
