@@ -177,6 +177,12 @@ class MultiPlanDispatcher:
                 decided = time.monotonic()
                 composition = self.recompose(self.dead)
                 decision_s = time.monotonic() - decided
+                if not composition.used:
+                    raise DoraError(
+                        f"{failure}; no plan of the set survives without "
+                        f"{sorted(self.dead)}: {len(unanswered)} request(s) cannot be re-sent "
+                        f"({composition.excluded})"
+                    ) from failure
                 self.switch(composition)
                 result.compositions.append(composition)
                 pending += unanswered
@@ -254,17 +260,29 @@ class LauncherExecutor:
         self,
         folders: Mapping[str, str | Path],
         faults: Mapping[str, dict[str, Any]] | None = None,
+        serialize: bool = False,
         **run_options: Any,
     ) -> None:
         self.folders = {p: Path(f) for p, f in folders.items()}
         self.faults = dict(faults or {})
         self.run_options = run_options
         self.runs: list[dict[str, Any]] = []
+        # ``serialize``: one launcher run at a time (on a host with few cores, two runs side
+        # by side stretch each other's emulated time).
+        self._one_at_a_time = threading.Lock() if serialize else None
 
     def run(self, plan: str, items: Sequence[tuple[int, Any]]) -> dict[int, Any]:
         from ..runtime.launch import run_local
 
         fault = self.faults.pop(plan, None)
+        if self._one_at_a_time is None:
+            return self._run(plan, items, fault, run_local)
+        with self._one_at_a_time:
+            return self._run(plan, items, fault, run_local)
+
+    def _run(
+        self, plan: str, items: Sequence[tuple[int, Any]], fault: Any, run_local: Any
+    ) -> dict[int, Any]:
         started = time.monotonic()
         try:
             result = run_local(

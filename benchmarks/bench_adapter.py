@@ -1,0 +1,265 @@
+"""Runtime adapter benchmark (issue 7): python benchmarks/bench_adapter.py [--quick]
+
+1. Simulator, three traces (``adapter.builtin_traces``): a 4x Wi-Fi bandwidth drop on
+   smart_home (MobileNetV2), the edge server leaving traffic_analytics (MobileNetV2), the load
+   doubling on edge_cluster(4) (ResNet-50); batch 8, energy objective under a latency SLO. For
+   each: QoE-violation seconds and energy of (a) the best static plan, (b) re-planning from
+   scratch on each change (measured solve time charged as a gap), (c) the adapter.
+2. Decision time: the adapter's re-composition (re-evaluate every plan + solve the program)
+   for 8 plans x 8 devices over random conditions; median and p95 of ``--decisions`` runs,
+   next to the cvxpy reference formulation measured in the same run.
+3. Emulated distributed run: two saved plans on disjoint smart_home devices, composed 50/50;
+   a rank of one plan is killed mid-stream (the launcher's ``fault=``); the dispatcher
+   re-sends the unanswered request ids on the surviving plan. Every answer is compared with
+   the eager model's by request id; lost and duplicated ids are counted; the switch time is
+   reported.
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from bench_partitioner import model_blocks  # noqa: E402
+
+import dora_fx  # noqa: E402
+from dora_fx import QoE, models, scenarios  # noqa: E402
+from dora_fx.adapter import (  # noqa: E402
+    Composer,
+    LauncherExecutor,
+    MultiPlanDispatcher,
+    adapter_plans,
+    apply,
+    builtin_traces,
+    compose_cvxpy,
+    replay,
+)
+from dora_fx.adapter.traces import Conditions  # noqa: E402
+from dora_fx.planner import solve  # noqa: E402
+from dora_fx.planner.synthetic import random_problem  # noqa: E402
+from dora_fx.problem import Problem  # noqa: E402
+
+SETUPS = {  # trace -> (model, cluster, latency SLO ms)
+    "bandwidth_drop": ("mobilenetv2", scenarios.smart_home, 70.0),
+    "device_leave": ("mobilenetv2", scenarios.traffic_analytics, 50.0),
+    "load_double": ("resnet", lambda: scenarios.edge_cluster(4), 150.0),
+}
+
+
+def traces_table() -> dict[str, Any]:
+    print("== 1. trace replay on the simulator (violation s, energy J, J per served request)")
+    head = (
+        f"{'trace':<15} {'strategy':<8} {'viol s':>7} {'energy J':>9} {'served':>7} "
+        f"{'J/req':>7}  notes"
+    )
+    print(head)
+    totals: dict[str, dict[str, float]] = {"violation_s": {}, "energy_j": {}, "served": {}}
+    per_trace: dict[str, Any] = {}
+    for name, trace in builtin_traces().items():
+        model, cluster, slo = SETUPS[name]
+        blocks, input_bytes = model_blocks(model, 8)
+        qoe = QoE(latency_ms=slo, objective="energy", request_rate_rps=trace.request_rate_rps)
+        problem = Problem(tuple(blocks), cluster(), qoe, 8, input_bytes)
+        start = apply(problem, trace.conditions_at(0.0))
+        plans = adapter_plans(solve(start).plans, start)
+        results = replay(trace, problem, adapter_plans_=plans)
+        per_trace[name] = {}
+        for strategy, r in results.items():
+            per_req = r.energy_j / r.served if r.served else float("nan")
+            note = "; ".join(r.notes)[:110]
+            print(
+                f"{name:<15} {strategy:<8} {r.violation_s:>7.3f} {r.energy_j:>9.1f} "
+                f"{r.served:>7.0f} {per_req:>7.4f}  {note}"
+            )
+            for key, value in (("violation_s", r.violation_s), ("energy_j", r.energy_j),
+                               ("served", r.served)):  # fmt: skip
+                totals[key][strategy] = totals[key].get(strategy, 0.0) + value
+            per_trace[name][strategy] = {
+                "violation_s": r.violation_s, "energy_j": r.energy_j, "served": r.served,
+            }  # fmt: skip
+        checks = _checks(results)
+        per_trace[name]["checks"] = checks
+        print(f"{'':<15} checks: {checks}")
+    per_request = {s: totals["energy_j"][s] / totals["served"][s] for s in totals["energy_j"]}
+    return {"totals": totals, "energy_per_served_request_j": per_request, "traces": per_trace}
+
+
+def _checks(results: dict[str, Any]) -> dict[str, bool]:
+    a, b, c = results["static"], results["replan"], results["adapter"]
+    fewest = c.violation_s <= min(a.violation_s, b.violation_s) + 1e-9
+    per_req = lambda r: r.energy_j / r.served if r.served else float("inf")  # noqa: E731
+    return {
+        "fewest_violations": fewest,
+        "energy_at_most_replan": c.energy_j <= b.energy_j * (1 + 1e-9),
+        "energy_per_request_at_most_replan": per_req(c) <= per_req(b) * (1 + 1e-9),
+    }
+
+
+def decision_time(runs: int) -> dict[str, float]:
+    print(f"\n== 2. decision time, 8 plans x 8 devices, {runs} random conditions")
+    problem = random_problem(3, 64, 8, batch=1, qoe=QoE(objective="energy"))
+    plans = list(solve(problem).plans)[:8]
+    while len(plans) < 8:  # pad with single-device plans if the set is smaller
+        plans += [p for p in adapter_plans([], problem) if p.name not in {q.name for q in plans}]
+        plans = plans[:8]
+    composer = Composer.for_problem(plans, problem)
+    base = composer.figures(problem)
+    capacity = max(f.capacity_rps for f in base)
+    rng = random.Random(0)
+    decide, solve_only, reference = [], [], []
+    for i in range(runs):
+        cond = Conditions(
+            request_rate_rps=rng.uniform(0.3, 3.0) * capacity,
+            bandwidth_factor=rng.choice((1.0, 0.5, 0.25)),
+            absent=frozenset(rng.sample(problem.cluster.device_names, rng.choice((0, 0, 1)))),
+        )
+        now = apply(problem, cond)
+        started = time.perf_counter()
+        figures = composer.figures(now)
+        t_solve = time.perf_counter()
+        composer.compose(figures, cond.request_rate_rps)
+        done = time.perf_counter()
+        decide.append(done - started)
+        solve_only.append(done - t_solve)
+        if i < 10:
+            started = time.perf_counter()
+            compose_cvxpy(composer, figures, cond.request_rate_rps)
+            reference.append(time.perf_counter() - started)
+    out = {
+        "decision_ms_median": 1e3 * statistics.median(decide),
+        "decision_ms_p95": 1e3 * sorted(decide)[int(0.95 * (len(decide) - 1))],
+        "program_ms_median": 1e3 * statistics.median(solve_only),
+        "cvxpy_milp_ms_median": 1e3 * statistics.median(reference),
+    }
+    print(
+        f"re-evaluate + compose: median {out['decision_ms_median']:.2f} ms, p95 "
+        f"{out['decision_ms_p95']:.2f} ms (program alone {out['program_ms_median']:.2f} ms); "
+        f"cvxpy MILP reference {out['cvxpy_milp_ms_median']:.1f} ms "
+        f"({out['cvxpy_milp_ms_median'] / out['decision_ms_median']:.1f}x)"
+    )
+    return out
+
+
+def distributed(requests: int, kill_item: int) -> dict[str, Any]:
+    print(f"\n== 3. emulated distributed run, {requests} requests, a rank killed mid-stream")
+    model, example = models.build("mlp", batch=4)
+    cluster = scenarios.smart_home()
+    first = dora_fx.compile(model, cluster, example_inputs=example, num_stages=2)
+    cut, n = first.plan.stages[0].block_stop, first.plan.num_blocks
+    texts = {
+        "plan-a": f"plan plan-a\nstage 0 blocks=0:{cut} devices=phone\n"
+        f"stage 1 blocks={cut}:{n} devices=laptop",
+        "plan-b": f"plan plan-b\nstage 0 blocks=0:{cut} devices=rpi4\n"
+        f"stage 1 blocks={cut}:{n} devices=jetson",
+    }
+    host = dora_fx.Device(
+        "host", dense_flops_per_s=20e9, memory_bandwidth_bytes_per_s=5e9, op_overhead_s=5e-6
+    )
+    generator = torch.Generator().manual_seed(0)
+    stream = {rid: (torch.randn(example[0].shape, generator=generator),) for rid in range(requests)}
+    with torch.no_grad():
+        eager = {rid: model(*x) for rid, x in stream.items()}
+    with tempfile.TemporaryDirectory(prefix="dora_adapter_") as work:
+        folders, plans = {}, {}
+        for name, text in texts.items():
+            compiled = dora_fx.compile(model, cluster, example_inputs=example, plan=text)
+            folders[name] = compiled.save(Path(work, name))
+            plans[name] = compiled.plan
+        assert first.state.problem is not None
+        problem = first.state.problem
+        problem = Problem(problem.blocks, cluster, QoE(objective="throughput"), problem.batch,
+                          problem.input_bytes)  # fmt: skip
+        composer = Composer.for_problem(list(plans.values()), problem)
+        figures = composer.figures(problem)
+        load = 1.2 * max(f.capacity_rps for f in figures)  # more than one plan serves
+        composition = composer.compose(figures, load)
+
+        def recompose(dead: frozenset[str]) -> Any:
+            now = problem
+            for d in sorted(dead):
+                now = Problem(now.blocks, now.cluster.without_device(d), now.qoe, now.batch,
+                              now.input_bytes)  # fmt: skip
+            return composer.compose(composer.figures(now), load)
+
+        print(composition.describe())
+        executor = LauncherExecutor(
+            folders,
+            faults={"plan-a": {"rank": 1, "item": kill_item, "kind": "kill"}},
+            emulate=True, host=host, timeout_s=30,
+        )  # fmt: skip
+        dispatcher = MultiPlanDispatcher(
+            {p: plan.devices for p, plan in plans.items()}, composition, executor, recompose
+        )
+        result = dispatcher.run(stream)
+    wrong = [
+        rid for rid, out in result.outputs.items()
+        if not torch.allclose(out, eager[rid], atol=1e-5, rtol=1e-4)
+    ]  # fmt: skip
+    print(result.summary())
+    print(f"after the loss: {result.compositions[-1].describe().splitlines()[0]}")
+    failure = result.failures[0] if result.failures else {}
+    out = {
+        "requests": requests,
+        "answered": len(result.outputs),
+        "lost_requests": len(result.lost),
+        "duplicated_requests": result.duplicates,
+        "wrong_answers": len(wrong),
+        "resent": len(result.resent),
+        "killed": failure.get("devices"),
+        "switch_s": failure.get("switch_s"),
+        "recovered_s": failure.get("recovered_s"),
+        "recompose_ms": 1e3 * failure["decision_s"] if failure else None,
+        "runs": executor.runs,
+    }
+    print(
+        f"answers equal to eager by request id: {len(result.outputs) - len(wrong)}/{requests}; "
+        f"switch (failure reported -> first re-sent answer) {out['switch_s']:.2f} s, "
+        f"re-composed in {out['recompose_ms']:.2f} ms"
+        if failure
+        else "no failure happened (the kill did not fire)"
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--decisions", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--no-distributed", action="store_true")
+    args = parser.parse_args()
+    traces = traces_table()
+    timing = decision_time(args.decisions)
+    dist: dict[str, Any] = {}
+    if not args.no_distributed:
+        dist = distributed(args.requests, kill_item=args.requests // 4)
+    totals = traces["totals"]
+    summary = {
+        "violation_s": totals["violation_s"],
+        "energy_j": totals["energy_j"],
+        "served_requests": totals["served"],
+        "energy_per_served_request_j": traces["energy_per_served_request_j"],
+        "traces": traces["traces"],
+        "lost_requests": dist.get("lost_requests"),
+        "duplicated_requests": dist.get("duplicated_requests"),
+        "wrong_answers": dist.get("wrong_answers"),
+        "switch_s": dist.get("switch_s"),
+        **timing,
+    }
+    print(json.dumps(summary, default=str))
+
+
+if __name__ == "__main__":
+    main()
