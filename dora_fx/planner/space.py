@@ -27,6 +27,7 @@ the solver reasons about how many devices of each class a stage takes (a *group 
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -126,7 +127,8 @@ def _class_key(problem: Problem, device: Device) -> tuple[object, ...]:
     spec.pop("name")
     link = problem.cluster.network.link(device.name).to_json()
     link.pop("device")
-    return (tuple(sorted(spec.items())), tuple(sorted(link.items())))
+    # JSON text, not item tuples: specs may hold lists (a calibrated bandwidth curve)
+    return (json.dumps(spec, sort_keys=True), json.dumps(link, sort_keys=True))
 
 
 def _classes(problem: Problem) -> tuple[DeviceClass, ...]:
