@@ -1,6 +1,6 @@
 """dora_fx: QoE-aware hybrid parallelism for distributed edge AI, as a torch.fx compiler."""
 
-from . import baselines, scenarios
+from . import adapter, baselines, scenarios
 from .api import CompiledModel, compile, load
 from .cost_models import Cluster, Device, Network
 from .errors import (
@@ -47,6 +47,7 @@ __all__ = [
     "RankFailedError",
     "Stage",
     "VerificationError",
+    "adapter",
     "baselines",
     "compile",
     "evaluate",

@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
+from .adapter import Adapter
 from .cost_models.cluster import Cluster, as_cluster
 from .cost_models.device import Device
-from .errors import QoEError
-from .explain import explain_state
+from .errors import PlanError, QoEError
+from .explain import adapter_for, explain_state
 from .ir import Plan
 from .passes.insert_comm import tensor_spec
 from .pipeline import CompileState, run_passes
@@ -98,6 +99,16 @@ class CompiledModel(LocalPipeline):
 
     def explain(self, batch: int | None = None) -> str:
         return explain_state(self.state, self.notes, batch)
+
+    def adapter(self) -> Adapter:
+        """The runtime adapter over this model's plan set: ``decide(conditions)`` composes the
+        plans for the current load, bandwidth and devices (see ``dora_fx.adapter``)."""
+        if self.state.plan_set is None or self.state.problem is None:
+            raise PlanError(
+                "this model was compiled with a fixed num_stages or a given plan, so it has no "
+                "plan set to compose; compile without them to get one"
+            )
+        return adapter_for(self.state.plan_set.plans, self.state.problem)
 
     def simulate(self, config: SimConfig | None = None, **options: Any) -> SimResult:
         """Simulate the chosen plan on the cluster (see ``dora_fx.sim.SimConfig`` for options:

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="throughput floor in requests per second (default: none)")
     plan.add_argument("--energy-j", type=float, default=None,
                       help="energy budget per request in joules (default: none)")
+    plan.add_argument("--request-rate-rps", type=float, default=None,
+                      help="offered load in requests per second; explain() then shows the "
+                      "runtime adapter's mixture of plans for it (default: closed loop)")
     plan.add_argument("--objective", default="latency",
                       choices=["latency", "throughput", "energy"],
                       help="what to optimize once the QoE holds (default: latency)")
@@ -78,7 +81,7 @@ def run_plan(args: argparse.Namespace) -> int:
     model, inputs = build(args.model, args.size, batch=args.batch)
     qoe = dora_fx.QoE(
         latency_ms=args.latency_ms, throughput_rps=args.throughput_rps, energy_j=args.energy_j,
-        objective=args.objective, batch=args.batch,
+        objective=args.objective, batch=args.batch, request_rate_rps=args.request_rate_rps,
     )
     print(f"compiling for {args.scenario} ...", flush=True)
     compiled = dora_fx.compile(

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .passes.partition import BALANCED_FLOPS
 from .sim.explain import predicted_lines
 
+
+def adapter_for(plans: Sequence[Plan], problem: Problem) -> Adapter:
+    """The runtime adapter over a plan set, widened with single-device plans and copies."""
+    from .adapter import Adapter, adapter_plans
+
+    return Adapter(problem, adapter_plans(plans, problem))
+
 if TYPE_CHECKING:
+    from .adapter import Adapter
+    from .ir import Plan
     from .pipeline import CompileState
+    from .problem import Problem
 
 __all__ = ["explain_state", "format_table"]
 
@@ -67,6 +78,9 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
         lines += ["", *predicted_lines(plan, state.problem)]
     if state.plan_set is not None:
         lines += ["", state.plan_set.describe()]
+        if state.qoe.request_rate_rps is not None and state.problem is not None:
+            lines += ["", "runtime adapter (the mixture of plans serving the offered load):"]
+            lines.append(adapter_for(state.plan_set.plans, state.problem).explain())
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 

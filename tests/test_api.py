@@ -34,3 +34,13 @@ def test_explain_shows_the_plan_set_and_predictions():
     text = compiled.explain()
     assert "plan set:" in text and "certified lower bound" in text and "chosen:" in text
     assert "predicted (" in text
+
+
+def test_explain_shows_the_adapter_mixture_under_load():
+    model, inputs = build("mlp")
+    qoe = dora_fx.QoE(batch=2, request_rate_rps=50.0, objective="energy")
+    compiled = dora_fx.compile(model, dora_fx.scenarios.edge_cluster(4), qoe, example_inputs=inputs)
+    assert "runtime adapter (the mixture of plans serving the offered load)" in compiled.explain()
+    composition = compiled.adapter().composition
+    assert composition.feasible
+    assert abs(composition.served_rps - 50.0) < 1e-6
