@@ -61,3 +61,29 @@ def test_cli_run_says_what_to_send(mlp_plan, capsys):
     args = parser.parse_args(["run", str(mlp_plan[2]), "--local", "--no-emulation"])
     assert args.func(args) == 1
     assert "--inputs FILE" in capsys.readouterr().err
+
+
+def test_dilation_keeps_the_host_under_its_share_of_the_cores():
+    from dora_fx.runtime.emulation import HOST_LOAD, dilation, host_capacity_scale
+
+    # 6 ms of CPU per item over all ranks, 1 ms bottleneck, 2 cores of which half are ours
+    scale = host_capacity_scale(6e-3, 1e-3, inflation=2.0, cores=2)
+    assert abs(scale - 6e-3 / (HOST_LOAD * 1.0 * 1e-3)) < 1e-9
+    assert dilation(need=0.1, ranks=2, cpu_per_item_s=0.0, bottleneck_item_s=1.0) == 1.0
+
+
+def test_measured_reference_is_the_stream_mean_once_there_are_enough_samples():
+    from dora_fx.runtime.emulation import measured_reference_s
+
+    warmup = [1.0, 1.0, 1.0]
+    assert measured_reference_s(warmup + [3.0], stream_start=3) == 1.5  # too few: all samples
+    assert measured_reference_s(warmup + [2.0, 4.0] * 4, stream_start=3) == 3.0
+    assert measured_reference_s([]) == 0.0
+
+
+def test_allocations_are_not_priced():
+    x, mean, var = torch.randn(2, 3, 4, 4), torch.zeros(3), torch.ones(3)
+    with CostRecorder() as recorder:
+        torch.empty(1000)
+        torch.nn.functional.batch_norm(x, mean, var, training=False)  # empty + native_batch_norm
+    assert len(recorder.ops) == 1
