@@ -23,6 +23,7 @@ from .runtime.launch import DistributedResult
 from .runtime.local import LocalPipeline
 from .serialize import LoadedModel, load, save_folder
 from .sim import SimConfig, SimResult, simulate
+from .sim.scheduled import simulate_schedule
 
 __all__ = ["compile", "CompiledModel", "load", "LoadedModel"]
 
@@ -38,6 +39,7 @@ def compile(
     seq_dim: int | None = None,
     max_blocks: int = 100,
     plan: Plan | str | None = None,
+    microbatches: int | None = None,
 ) -> CompiledModel:
     """Partition ``model`` across ``devices`` to meet ``qoe``.
 
@@ -46,7 +48,8 @@ def compile(
     size should be >= 2 so the batch stays symbolic). ``num_stages``: pipeline stages (default:
     one per device). ``seq_dim``: make this input dim symbolic too (e.g. 1 for token ids).
     ``plan``: use this plan (a Plan or its text form) instead of planning; it must cover the
-    model's blocks (see ``explain()`` for the count).
+    model's blocks (see ``explain()`` for the count). ``microbatches``: split each request into
+    this many microbatches (default: the count the schedule pass finds fastest by simulation).
     """
     cluster, assumed_network = as_cluster(devices)
     if qoe is None:
@@ -63,6 +66,7 @@ def compile(
         seq_dim=seq_dim,
         max_blocks=max_blocks,
         given_plan=Plan.from_text(plan) if isinstance(plan, str) else plan,
+        microbatches=microbatches,
     )
     run_passes(state)
     notes = []
@@ -114,7 +118,10 @@ class CompiledModel(LocalPipeline):
         """Simulate the chosen plan on the cluster (see ``dora_fx.sim.SimConfig`` for options:
         requests, request_rate_rps, microbatches, concurrency, ...)."""
         assert self.state.problem is not None
-        return simulate(self.plan, self.state.problem, config or SimConfig(**options))
+        config = config or SimConfig(**options)
+        if self.state.schedule is not None:
+            return simulate_schedule(self.state.schedule, self.plan, self.state.problem, config)
+        return simulate(self.plan, self.state.problem, config)
 
     def run_distributed(
         self, requests: Sequence[Any], *, path: str | Path | None = None, **options: Any

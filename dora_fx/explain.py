@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .passes.partition import BALANCED_FLOPS
+from .sim import SimConfig
 from .sim.explain import predicted_lines
+from .sim.scheduled import schedule_config
 
 
 def adapter_for(plans: Sequence[Plan], problem: Problem) -> Adapter:
@@ -75,7 +77,12 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
             + ", ".join(state.missing_formulas)
         )
     if state.problem is not None and batch == state.problem.batch:
-        lines += ["", *predicted_lines(plan, state.problem)]
+        config = SimConfig(
+            requests=200, request_rate_rps=state.qoe.request_rate_rps, record_timeline=False
+        )
+        if state.schedule is not None:  # predict what will run: its microbatches and overlap
+            config = schedule_config(state.schedule, config)
+        lines += ["", *predicted_lines(plan, state.problem, config)]
     if state.plan_set is not None:
         lines += ["", state.plan_set.describe()]
         if state.qoe.request_rate_rps is not None and state.problem is not None:

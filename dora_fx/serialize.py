@@ -191,7 +191,10 @@ def _load_stage(folder: Path, entry: dict[str, Any]) -> StageModule:
         output_indices=list(entry["output_indices"]),
         devices=tuple(entry["devices"]),
         code=source.read_text(),
-        transfers={k: entry.get(k, []) for k in ("sends", "recvs", "outputs")},
+        transfers={
+            **{k: entry.get(k, []) for k in ("sends", "recvs", "outputs")},
+            **({"schedule": entry["schedule"]} if "schedule" in entry else {}),
+        },
         shares=tuple(entry.get("shares", [1.0])),
     )
 
