@@ -20,6 +20,7 @@ import torch
 import torch.fx
 
 from ..comm_ops import RECV, SEND
+from ..errors import PlanError
 from ..ir import Plan
 from .coarsen import BlockChain
 
@@ -50,6 +51,7 @@ def insert_comm(gm: torch.fx.GraphModule, chain: BlockChain, plan: Plan) -> list
     owner = [stage_of.get(v, last) if isinstance(v, torch.fx.Node) else last for v in flat_outputs]
     tags = {node: k for k, node in enumerate(chain.nodes)}
     shape_sources = _shape_sources(chain, stage_of, placeholders)
+    _refuse_batch_ints_into_groups(chain, stage_of, shape_sources, plan)
     return [
         _StageBuilder(gm, s, stage_of, tags, placeholders, shape_sources).build(
             [v for v, o in zip(flat_outputs, owner) if o == s],
@@ -61,8 +63,6 @@ def insert_comm(gm: torch.fx.GraphModule, chain: BlockChain, plan: Plan) -> list
 
 def _stage_of_nodes(chain: BlockChain, plan: Plan) -> dict[torch.fx.Node, int]:
     if plan.num_blocks != len(chain.blocks):
-        from ..errors import PlanError
-
         raise PlanError(
             f"plan {plan.name!r} covers {plan.num_blocks} blocks but the model has "
             f"{len(chain.blocks)}; was it made for another model or max_blocks setting?"
@@ -96,6 +96,33 @@ def _shape_sources(
                 if found is not None:
                     sources[(node, stage)] = found
     return sources
+
+
+def _refuse_batch_ints_into_groups(
+    chain: BlockChain,
+    stage_of: dict[torch.fx.Node, int],
+    sources: dict[tuple[torch.fx.Node, int], ShapeSource],
+    plan: Plan,
+) -> None:
+    """A shape integer sent as a 0-d tensor carries the whole batch's value; a member of a
+    data-parallel group needs its own share's. Refuse such plans rather than compute wrongly."""
+    for node in chain.nodes:
+        val = node.meta.get("val")
+        if not isinstance(val, torch.SymInt):
+            continue
+        for user in node.users:
+            stage = stage_of.get(user, stage_of[node])
+            if (
+                stage > stage_of[node]
+                and (node, stage) not in sources
+                and plan.stages[stage].data_parallel
+            ):
+                raise PlanError(
+                    f"stage {stage} is data-parallel ({', '.join(plan.stages[stage].devices)}) "
+                    f"but needs the shape integer {node.name} = {val.node.expr} from stage "
+                    f"{stage_of[node]}, which it cannot read off its own tensors; move the cut "
+                    "so the stage starts where that value is recomputed, or make it one device"
+                )
 
 
 def _find_dim(tensors: list[torch.fx.Node], size: torch.SymInt) -> ShapeSource | None:
