@@ -32,7 +32,9 @@ def _children() -> set[int]:
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
-        ("kill", r"rank 1 \(stage 1 on device 'laptop'\) died \(killed by SIGKILL\)"),
+        # under load a peer's receive timeout can name the dead rank before its exit status is
+        # read: both messages name it
+        ("kill", r"rank 1 \(stage 1 on device 'laptop'\) died( \(killed by SIGKILL\)| or hung)"),
         ("hang", r"rank 1 \(stage 1 on device 'laptop'\) died or hung"),
     ],
 )
@@ -46,6 +48,7 @@ def test_a_failed_rank_stops_the_run_with_its_name(mlp2_plan, kind, expected):
             folder, requests, emulate=False, timeout_s=TIMEOUT_S,
             fault={"rank": 1, "item": 3, "kind": kind},
         )
-    # startup (~10 s on 2 shared cores) + the timeout + the launcher's grace
-    assert time.monotonic() - started < 3 * TIMEOUT_S + 20
+    # startup (~10 s on 2 idle cores, several times that when shared) + the timeout + the
+    # launcher's grace: a generous bound that still catches a hang
+    assert time.monotonic() - started < 3 * TIMEOUT_S + 60
     assert _children() <= before
