@@ -10,19 +10,18 @@
 Fitting, with ``t' = t - op_overhead_s`` (the time past dispatch):
 
 * ``op_overhead_s`` = median time of the tiny op;
-* ``memory_bandwidth_bytes_per_s`` = median of ``bytes / t'`` over the memory-bound ops (at
-  most one FLOP per byte): the
-  copies and elementwise ops DNNs run (clone, transposed copy, pad, add, hardtanh, gelu,
-  batch_norm, layer_norm, softmax) on activation-sized tensors (1 to 64 MB), read round robin
-  from a pool larger than the caches and written to fresh outputs, bytes counted as
-  annotate_costs counts them (inputs read + output written). It is the bandwidth DNN kernels
-  reach here, not the copy peak: on this kind of host a plain copy of a cached-size tensor
-  runs at 30-50 GB/s, normalization and padding kernels at a fraction of that, and outputs
-  above the allocator's mmap threshold (32 MB in glibc) pay page faults on every call
-  (about 5 GB/s);
-* ``bandwidth_curve``: the same median, per tensor size, at that size's median traffic; node
-  times interpolate it (``Device.bandwidth_at``), so a 4 MB layer_norm and a 40 MB padded
-  feature map each get the bandwidth measured near their size;
+* ``memory_bandwidth_bytes_per_s`` = total bytes / total ``t'`` over the memory-bound ops (at
+  most one FLOP per byte): the copies and elementwise ops DNNs run (clone, transposed copy, pad,
+  add, hardtanh, gelu, batch_norm, layer_norm, softmax) on activation-sized tensors (1 to 64 MB),
+  read round robin from a pool larger than the caches and written to fresh outputs, bytes
+  counted as annotate_costs counts them (inputs read + output written). It is the single
+  bandwidth that reproduces the suite's total time, which is what a whole-model prediction
+  sums. It lies far below the copy peak, because sizes behave very differently on this kind
+  of host: tensors up to 16 MB move at 15-50 GB/s (caches), outputs above the allocator's mmap
+  threshold (32 MB in glibc) take page faults on every call and move at about 4 GB/s, and the
+  large ones dominate the total. ``Device.bandwidth_curve`` can hold the per-size figures (a
+  cache-aware roofline), but on this host it predicted whole models worse (measured
+  with benchmarks/bench_costmodel.py), so calibrate() leaves it empty;
 * ``dense_flops_per_s`` = median of ``FLOPs / t'`` over matmuls and convs;
 * ``other_flops_per_s`` = the highest ``FLOPs / t'`` an elementwise op reached (a roofline's
   compute roof is at least what was achieved).
@@ -36,7 +35,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -169,7 +167,7 @@ def measure_host(repeats: int = 5, quick: bool = False) -> list[Measurement]:
 
         # Memory-bound ops DNNs run, on activation-sized tensors drawn round robin from a pool
         # larger than the caches, each call writing a fresh output (see the module docstring).
-        for size_mb in (1, 16) if quick else (1, 4, 16, 64):
+        for size_mb in (1, 16, 64) if quick else (1, 4, 16, 32, 48, 64):
             n = size_mb << 18  # float32 elements: (4 * size_mb, 16, 64, 64) as a feature map
             pool = [torch.randn(n) for _ in range(max(2, _POOL_BYTES // (4 * n)))]
             for name, op_class, fn, arity, flops_per_element, out_elements in _MEMORY_OPS:
@@ -232,35 +230,23 @@ def fit_device(rows: list[Measurement], name: str = "host", **extra: Any) -> Dev
     def past_overhead(r: Measurement) -> float:
         return max(r.measured_s - overhead, 1e-9)
 
-    # memory-bound: at most one FLOP per byte moved
-    bandwidth = statistics.median(
-        r.bytes_moved / past_overhead(r)
-        for r in rows
-        if r.op_class in ("copy", "elementwise") and r.flops <= r.bytes_moved
+    # Memory-bound ops (at most one FLOP per byte): the bandwidth that reproduces their total
+    # measured time, total bytes over total time.
+    memory_bound = [
+        r for r in rows if r.op_class in ("copy", "elementwise") and r.flops <= r.bytes_moved
+    ]
+    bandwidth = sum(r.bytes_moved for r in memory_bound) / sum(
+        past_overhead(r) for r in memory_bound
     )
     dense = statistics.median(
         r.flops / past_overhead(r) for r in rows if r.op_class in ("matmul", "conv")
     )
     other = max(r.flops / past_overhead(r) for r in rows if r.op_class == "elementwise")
-    # Bandwidth by tensor size: per size, the median over the memory-bound ops of that size.
-    by_size: dict[str, list[Measurement]] = {}
-    for r in rows:
-        if r.op_class in ("copy", "elementwise") and r.flops <= r.bytes_moved:
-            size = re.search(r"(\d+) MB$", r.name)
-            by_size.setdefault(size.group(1) if size else "", []).append(r)
-    curve = tuple(
-        (
-            statistics.median(r.bytes_moved for r in group),
-            statistics.median(r.bytes_moved / past_overhead(r) for r in group),
-        )
-        for group in by_size.values()
-    )
     spec: dict[str, Any] = dict(
         name=name,
         dense_flops_per_s=dense,
         other_flops_per_s=other,
         memory_bandwidth_bytes_per_s=bandwidth,
-        bandwidth_curve=curve,
         op_overhead_s=overhead,
         kind="host",
     )
@@ -333,12 +319,14 @@ def predict_graph_s(
 
     costs = [n.meta[COST_KEY] for n in gm.graph.nodes if COST_KEY in n.meta]
     costs = [c for c in costs if c.op_class in ("dense", "other")]
-    values = compile_costs([c.flops for c in costs] + [c.bytes_moved for c in costs], symbols)(
-        float(batch), float(seq)
+    exprs = (
+        [c.flops for c in costs] + [c.bytes_moved for c in costs] + [c.output_bytes for c in costs]
     )
+    values = compile_costs(exprs, symbols)(float(batch), float(seq))
+    k = len(costs)
     by_class = {"dense": 0.0, "other": 0.0}
-    for cost, f, q in zip(costs, values[: len(costs)], values[len(costs) :], strict=True):
-        by_class[cost.op_class] += device.node_time_s(float(f), float(q), cost.op_class)
+    for cost, f, q, o in zip(costs, values[:k], values[k : 2 * k], values[2 * k :], strict=True):
+        by_class[cost.op_class] += device.node_time_s(float(f), float(q), cost.op_class, float(o))
     return by_class
 
 
