@@ -11,7 +11,7 @@ free. Sustained = peak x efficiency: presets give the spec-sheet peak (sources i
 docs/devices.md) and an efficiency; a calibrated host profile gives measured rates with
 efficiency 1. A stage's time is the sum of its nodes' times.
 
-A calibrated host also carries a ``bandwidth_curve``: bandwidth measured at several traffic
+A device may also carry a ``bandwidth_curve``: bandwidth measured at several tensor
 sizes, since caches and the allocator make small and large tensors move at very different
 rates (a cache-aware roofline). Node times use it; block times, which only know a block's
 total traffic, use the single ``memory_bandwidth_bytes_per_s``.
@@ -136,8 +136,11 @@ class Device:
 
     # -- time -----------------------------------------------------------------------------------
 
-    def node_time_s(self, flops: float, bytes_moved: float, op_class: str) -> float:
-        """Roofline time of one node; ``op_class`` is ``dense``, ``other`` or ``view``."""
+    def node_time_s(
+        self, flops: float, bytes_moved: float, op_class: str, output_bytes: float | None = None
+    ) -> float:
+        """Roofline time of one node; ``op_class`` is ``dense``, ``other`` or ``view``.
+        ``output_bytes`` (default: half the traffic) picks the point of a bandwidth curve."""
         if op_class == "view":
             return 0.0
         if op_class == "dense":
@@ -149,15 +152,18 @@ class Device:
                 f"device {self.name!r}: op_class must be 'dense', 'other' or 'view', got "
                 f"{op_class!r}"
             )
-        return self.op_overhead_s + max(flops / rate, bytes_moved / self.bandwidth_at(bytes_moved))
+        tensor = bytes_moved / 2 if output_bytes is None else output_bytes
+        return self.op_overhead_s + max(flops / rate, bytes_moved / self.bandwidth_at(tensor))
 
-    def bandwidth_at(self, bytes_moved: float) -> float:
-        """Sustained bandwidth for a node moving ``bytes_moved``.
+    def bandwidth_at(self, tensor_bytes: float) -> float:
+        """Sustained bandwidth for a node whose output tensor has ``tensor_bytes``.
 
-        A cache-aware roofline: with a measured ``bandwidth_curve`` (calibrated hosts), the
-        bandwidth at that traffic, interpolated log-log and clamped at the ends (small working
-        sets stay in cache, large ones pay DRAM and allocation); otherwise the single figure.
+        A cache-aware roofline: with a measured ``bandwidth_curve``, the
+        bandwidth measured at that tensor size, interpolated log-log and clamped at the ends
+        (small tensors stay in cache; large ones pay DRAM, and above the allocator's mmap
+        threshold, page faults on every call); otherwise the single figure.
         """
+        bytes_moved = tensor_bytes
         curve = self.bandwidth_curve
         if not curve or bytes_moved <= 0:
             return self.sustained_bandwidth_bytes_per_s

@@ -128,7 +128,8 @@ def test_bandwidth_curve_is_a_cache_aware_roofline():
     assert d.bandwidth_at(1e5) == 40e9  # clamped below the first point
     assert d.bandwidth_at(1e9) == 4e9  # and above the last
     assert d.bandwidth_at(1e7) == pytest.approx(4e9 * 10**0.5)  # log-log midpoint
-    assert d.node_time_s(0, 1e8, "other") == pytest.approx(1e8 / 4e9)
+    assert d.node_time_s(0, 2e8, "other", output_bytes=1e8) == pytest.approx(2e8 / 4e9)
+    assert d.node_time_s(0, 2e8, "other") == d.node_time_s(0, 2e8, "other", output_bytes=1e8)
     # blocks only know their total traffic: they use the single figure
     assert d.block_time_s(0, 0, 1e8, 0) == pytest.approx(1e8 / 10e9)
     assert Device.from_json(d.to_json()) == d
