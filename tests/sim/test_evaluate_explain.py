@@ -1,5 +1,5 @@
 import pytest
-from conftest import chain_problem, pipeline
+from simcases import chain_problem, pipeline
 
 from dora_fx.evaluate import evaluate
 from dora_fx.problem import Problem

@@ -1,9 +1,9 @@
 """Property tests on random problems and plans (hypothesis, derandomized in conftest)."""
 
 import pytest
-from conftest import NAMES, clusters, plans, problems
 from hypothesis import given
 from hypothesis import strategies as st
+from simcases import NAMES, clusters, plans, problems
 
 from dora_fx.evaluate import evaluate
 from dora_fx.ir import Plan, Stage

@@ -1,7 +1,7 @@
 import math
 
 import pytest
-from conftest import chain_problem, pipeline
+from simcases import chain_problem, pipeline
 
 from dora_fx.cost_models import Cluster, Device, Link, Medium, Network
 from dora_fx.errors import PlanError

@@ -1,6 +1,6 @@
 import json
 
-from conftest import chain_problem, pipeline
+from simcases import chain_problem, pipeline
 
 from dora_fx.scenarios import smart_home
 from dora_fx.sim import simulate

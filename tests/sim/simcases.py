@@ -1,4 +1,5 @@
-"""Small problems and plans for the simulator tests."""
+"""Small problems and plans for the simulator tests (imported by them; not a conftest, so
+the name cannot clash with tests/conftest.py)."""
 
 from __future__ import annotations
 
