@@ -34,12 +34,13 @@ def _time_once(fn, inputs) -> float:
 def measure(name: str, repeats: int, batch: int) -> dict[str, float]:
     model, inputs = build(name, "full", batch=batch)
     start = time.perf_counter()
-    # a fixed stage count, one per device: what is measured is the cost of stage boundaries
-    # and send/recv, on the same work as eager (a data-parallel plan would change the work)
+    # a fixed stage count, one per device, one microbatch: what is measured is the cost of
+    # stage boundaries and send/recv on the same work as eager (a data-parallel plan or
+    # microbatches would change the work; in one process they cannot overlap anyway)
     cluster = dora_fx.scenarios.smart_home()
     compiled = dora_fx.compile(
         model, cluster, dora_fx.QoE(batch=batch), example_inputs=inputs,
-        num_stages=len(cluster.devices),
+        num_stages=len(cluster.devices), microbatches=1,
     )
     compile_s = time.perf_counter() - start
     with torch.no_grad():

@@ -2,7 +2,8 @@
 
 from . import adapter, baselines, scenarios
 from .api import CompiledModel, compile, load
-from .cost_models import Cluster, Device, Network
+from .cost_models import Cluster, Device, Network, presets
+from .cost_models.calibrate import calibrate
 from .errors import (
     CaptureError,
     ClusterError,
@@ -21,6 +22,7 @@ from .ir import Plan, Stage
 from .planner import PlanSet, solve
 from .problem import Block, Problem
 from .qoe import QoE
+from .sim import SimConfig, SimResult, simulate
 
 __version__ = "0.1.0"
 
@@ -45,13 +47,18 @@ __all__ = [
     "QoE",
     "QoEError",
     "RankFailedError",
+    "SimConfig",
+    "SimResult",
     "Stage",
     "VerificationError",
     "adapter",
     "baselines",
+    "calibrate",
     "compile",
     "evaluate",
     "load",
+    "presets",
     "scenarios",
+    "simulate",
     "solve",
 ]

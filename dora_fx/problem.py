@@ -25,7 +25,8 @@ class Block:
     ``bytes``: memory traffic (operands read + results written); ``out_bytes``: bytes of the
     live tensors that cross the cut after this block (what a stage boundary here sends);
     ``param_bytes``: weights and buffers the block reads; ``ops``: node count, for per-op
-    overhead; ``name``: where it came from (a module path), for explain().
+    overhead; ``name``: where it came from (a module path), for explain(); ``dense_bytes``:
+    the part of ``bytes`` moved by dense nodes (None: price the block with one roofline).
     """
 
     flops: float
@@ -35,6 +36,7 @@ class Block:
     dense_flops: float | None = None
     ops: int = 1
     name: str = ""
+    dense_bytes: float | None = None  # bytes moved by the dense nodes: one roofline per class
 
     def __post_init__(self) -> None:
         for key in ("flops", "bytes", "out_bytes", "param_bytes"):

@@ -11,6 +11,7 @@ stages run one after another on the whole batch."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,6 +180,10 @@ class LocalPipeline:
                 )
 
 
+def _segment_level() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("DORA_DEBUG", "DORA_SEGMENTS"))
+
+
 def _whole_steps(stage: StageModule) -> list[Step]:
     """A stage run whole: receive everything, compute, send (from its recorded transfers)."""
     recvs = [Step("recv", r["tag"], r["peer"]) for r in stage.transfers.get("recvs", [])]
@@ -217,10 +222,13 @@ class _ScheduledRun:
         batch = pipeline._batch_size(flat)
         m = 1 if batch is None else max(1, min(schedule.microbatches, batch))
         # A loaded stage is a plain module (its forward is the segments in order): it runs
-        # whole per microbatch, under the schedule relowered for one segment.
+        # whole per microbatch, under the schedule relowered for one segment. In one process
+        # nothing overlaps, so compiled stages run that way too (their generated forward, at
+        # eager speed) unless segment-level execution is asked for (DORA_DEBUG=1, or
+        # DORA_SEGMENTS=1): then each segment is interpreted node by node, in schedule order.
         self.graphs = {
             s.index: s.module for s in pipeline.stages if isinstance(s.module, torch.fx.GraphModule)
-        }
+        } if _segment_level() else {}
         self.whole = {s.index: len(s.shares) > 1 or s.index not in self.graphs
                       for s in pipeline.stages}
         self.segments = {k: segments(g.graph, not self.whole[k]) for k, g in self.graphs.items()}
