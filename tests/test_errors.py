@@ -18,7 +18,7 @@ class DataDependent(torch.nn.Module):
 
 def test_uncapturable_model_names_both_attempts_and_a_fix():
     with pytest.raises(dora_fx.CaptureError) as info:
-        dora_fx.compile(DataDependent(), CLUSTER, example_inputs=(torch.randn(2, 3),))
+        dora_fx.compile(DataDependent().eval(), CLUSTER, example_inputs=(torch.randn(2, 3),))
     message = str(info.value)
     assert "could not capture DataDependent" in message
     assert "torch.export:" in message and "torch.fx.symbolic_trace:" in message
