@@ -120,7 +120,7 @@ class Stage:
         tokens = shlex.split(line)
         if len(tokens) < 4 or tokens[0] != "stage":
             raise PlanError(f"not a stage line: {line!r}")
-        fields = _parse_fields(tokens[2:], line)
+        fields = parse_fields(tokens[2:], line)
         start, _, stop = fields.pop("blocks").partition(":")
         devices = tuple(fields.pop("devices").split(","))
         shares_text = fields.pop("shares", None)
@@ -217,11 +217,11 @@ class Plan:
         head = shlex.split(lines[0])
         if len(head) < 2 or head[0] != "plan":
             raise PlanError(f"a plan text starts with 'plan NAME', got {lines[0]!r}")
-        fields = _parse_fields(head[2:], lines[0])
+        fields = parse_fields(head[2:], lines[0])
         stages, predicted = [], {}
         for line in lines[1:]:
             if line.startswith("predicted"):
-                predicted = {k: float(v) for k, v in _parse_fields(line.split()[1:], line).items()}
+                predicted = {k: float(v) for k, v in parse_fields(line.split()[1:], line).items()}
             else:
                 stages.append(Stage.from_text(line))
         gap = fields.get("gap")
@@ -234,7 +234,8 @@ class Plan:
         )
 
 
-def _parse_fields(tokens: list[str], line: str) -> dict[str, str]:
+def parse_fields(tokens: list[str], line: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``: the key=value tokens of the text forms."""
     fields = {}
     for token in tokens:
         key, sep, value = token.partition("=")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from ..errors import PlanError
+from ..ir import parse_fields
 from ..problem import Problem
 
 __all__ = ["Event", "Conditions", "Trace", "apply", "builtin_traces"]
@@ -138,13 +139,13 @@ class Trace:
         if not lines or not lines[0].startswith("trace "):
             raise PlanError("a trace text starts with 'trace NAME duration_s=... rate_rps=...'")
         head = shlex.split(lines[0])
-        fields = _fields(head[2:], lines[0])
+        fields = parse_fields(head[2:], lines[0])
         events = []
         for line in lines[1:]:
             tokens = shlex.split(line)
             if len(tokens) != 4 or tokens[0] != "at":
                 raise PlanError(f"expected 'at TIME KIND key=value', got {line!r}")
-            values = _fields(tokens[3:], line)
+            values = parse_fields(tokens[3:], line)
             events.append(
                 Event(
                     at_s=float(tokens[1]),
@@ -200,16 +201,6 @@ def _step(state: Conditions, event: Event) -> Conditions:
     if event.kind == "leave":
         return replace(state, absent=state.absent | {event.device})
     return replace(state, absent=state.absent - {event.device})
-
-
-def _fields(tokens: list[str], line: str) -> dict[str, str]:
-    out = {}
-    for token in tokens:
-        key, sep, value = token.partition("=")
-        if not sep:
-            raise PlanError(f"expected key=value, got {token!r} in {line!r}")
-        out[key] = value
-    return out
 
 
 def apply(problem: Problem, conditions: Conditions) -> Problem:
