@@ -22,7 +22,14 @@ from .dispatcher import (
     WeightedRoundRobin,
 )
 from .monitor import Drift, Ewma, Monitor
-from .plans import adapter_plans, relabelings, single_device_plans
+from .plans import (
+    adapter_plans,
+    anticipated_conditions,
+    plan_set,
+    planner_plans,
+    relabelings,
+    single_device_plans,
+)
 from .replay import StrategyResult, replay
 from .traces import Conditions, Event, Trace, apply, builtin_traces
 
@@ -44,6 +51,9 @@ __all__ = [
     "Trace",
     "WeightedRoundRobin",
     "adapter_plans",
+    "planner_plans",
+    "plan_set",
+    "anticipated_conditions",
     "apply",
     "builtin_traces",
     "compose_cvxpy",

@@ -8,11 +8,18 @@ device and network resource per request, dynamic energy per request), the offere
     subject to  sum_p x_p + s = lambda                          (serve the load; s: unserved)
                 sum_p B_{d,p} x_p <= rho * y_d   for each device d   (capacity, device on)
                 sum_p B_{r,p} x_p <= rho         for each network resource r (airtime, port)
+                x_p <= rho_p / S_p                              (the plan's headroom)
                 x_p = 0  for a plan that misses the latency SLO now, or lost a device
                 y_d in {0, 1}
 
 ``B_{r,p}``: seconds resource ``r`` is busy per request of plan ``p``; ``rho``: the utilization
-cap that keeps queueing delay small; ``c_p``: the objective's cost per request (energy: the
+cap of any resource; ``S_p``: plan ``p``'s bottleneck seconds per request (its slowest
+resource) and ``rho_p`` the utilization at which its queueing delay still fits in the SLO's
+slack ``T - L_p`` (``headroom``). The queueing model follows the arrivals: *periodic* requests
+(camera frames, sensor ticks; what the simulator replays) wait only when a resource is over
+capacity, so ``rho_p = rho = PERIODIC_CAP`` (a margin for the monitor's measurement noise);
+*poisson* requests wait ``rho S / (2 (1 - rho))`` on average (M/D/1), so ``rho_p`` solves
+``rho S_p / (2 (1 - rho)) = T - L_p``, and ``rho = POISSON_CAP``; ``c_p``: the objective's cost per request (energy: the
 busy-minus-idle power times busy time plus radio energy, since the idle power is paid through
 ``y_d`` once a device is on; throughput: a small latency tie-break; latency: the latency);
 ``W`` is larger than any plan's cost, so serving the load comes first. With ``y_d`` binary
@@ -32,7 +39,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import highspy
 import numpy as np
@@ -46,7 +53,23 @@ from ..sim.work import plan_work
 
 __all__ = ["PlanFigures", "Composition", "Composer", "plan_figures", "compose_cvxpy"]
 
-DEFAULT_UTILIZATION_CAP = 0.9
+PERIODIC_CAP = 0.98  # periodic arrivals: a margin for measurement noise only
+POISSON_CAP = 0.9  # random arrivals: queueing grows without bound near 1
+DEFAULT_UTILIZATION_CAP = PERIODIC_CAP
+Arrivals = Literal["periodic", "poisson"]
+
+
+def headroom(latency_s: float, bottleneck_s: float, slo_s: float | None, arrivals: str) -> float:
+    """The utilization a plan may run at: its queueing delay (``arrivals``' model) must fit in
+    the SLO's slack ``slo_s - latency_s``."""
+    if arrivals == "periodic":
+        return PERIODIC_CAP
+    if arrivals != "poisson":
+        raise PlanError(f"arrivals must be 'periodic' or 'poisson', got {arrivals!r}")
+    if slo_s is None or bottleneck_s <= 0:
+        return POISSON_CAP
+    slack = max(slo_s - latency_s, 0.0)
+    return min(POISSON_CAP, 2 * slack / (bottleneck_s + 2 * slack))
 
 
 @dataclass(frozen=True)
@@ -67,8 +90,13 @@ class PlanFigures:
         return [r.split(":", 1)[1] for r in self.busy_s if r.startswith("device:")]
 
     @property
+    def bottleneck_s(self) -> float:
+        """Seconds per request on the plan's busiest resource."""
+        return max(self.busy_s.values(), default=0.0)
+
+    @property
     def capacity_rps(self) -> float:
-        worst = max(self.busy_s.values(), default=0.0)
+        worst = self.bottleneck_s
         return math.inf if worst <= 0 else 1.0 / worst
 
 
@@ -191,10 +219,14 @@ class Composer:
         qoe: QoE,
         *,
         idle_power_w: dict[str, float],
-        utilization_cap: float = DEFAULT_UTILIZATION_CAP,
+        utilization_cap: float | None = None,
+        arrivals: Arrivals = "periodic",
     ) -> None:
         if not plans:
             raise PlanError("a composition needs at least one plan")
+        headroom(0.0, 0.0, None, arrivals)  # validates arrivals
+        if utilization_cap is None:
+            utilization_cap = PERIODIC_CAP if arrivals == "periodic" else POISSON_CAP
         if not 0 < utilization_cap <= 1:
             raise PlanError(f"utilization_cap must be in (0, 1], got {utilization_cap!r}")
         self.plans = list(plans)
@@ -202,6 +234,7 @@ class Composer:
         self.qoe = qoe
         self.idle_power_w = dict(idle_power_w)
         self.utilization_cap = utilization_cap
+        self.arrivals = arrivals
 
     @classmethod
     def for_problem(cls, plans: Sequence[Plan], problem: Problem, **options: Any) -> Composer:
@@ -236,12 +269,21 @@ class Composer:
         big = 1e3 * (max(abs(c) for c in cost) + max(self.idle_power_w.values(), default=0.0) + 1.0)
         busy = np.array([[f.busy_s.get(r, 0.0) for f in eligible] for r in resources])
         program = _Program(busy, resources, devices, cost, idle, big, self.utilization_cap)
+        program.rate_limit = self.rate_limits(eligible)
         x = program.solve(offered_rps, np.ones(n, dtype=bool))
         x = program.improve(x, offered_rps) if objective == "energy" else x
         rates = {f.name: 0.0 for f in figures}
         for f, rate in zip(eligible, x, strict=True):
             rates[f.name] = float(rate) if rate > 1e-9 else 0.0
         return self._composition(figures, rates, offered_rps, objective, excluded, started)
+
+    def rate_limits(self, figures: Sequence[PlanFigures]) -> np.ndarray:
+        """Each plan's most requests per second (``headroom`` x capacity; inf: no resource)."""
+        slo, cap = self.qoe.latency_s, self.utilization_cap
+        return np.array([
+            min(cap, headroom(f.latency_s, f.bottleneck_s, slo, self.arrivals)) * f.capacity_rps
+            for f in figures
+        ])  # fmt: skip
 
     def _idle(self, resource: str) -> float:
         return self.idle_power_w.get(resource.split(":", 1)[1], 0.0)
@@ -313,6 +355,7 @@ class _Program:
         self.busy, self.resources, self.devices = busy, resources, devices
         self.cost, self.idle, self.big, self.cap = cost, idle, big, cap
         self.row_of = {r: i for i, r in enumerate(resources)}
+        self.rate_limit = np.full(len(cost), np.inf)  # x_p <= rho_p / S_p
 
     def solve(self, offered: float, allowed: np.ndarray) -> np.ndarray:
         n, n_dev = len(self.cost), len(self.devices)
@@ -320,7 +363,8 @@ class _Program:
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
         ncol = n + n_dev + 1  # x, y, s
-        upper = np.concatenate([np.where(allowed, inf, 0.0), np.ones(n_dev), [inf]])
+        limit = np.where(np.isfinite(self.rate_limit), self.rate_limit, inf)
+        upper = np.concatenate([np.where(allowed, limit, 0.0), np.ones(n_dev), [inf]])
         h.addVars(ncol, np.zeros(ncol), upper)
         h.changeColsCost(
             ncol,
@@ -412,6 +456,10 @@ def compose_cvxpy(
     big = 1e3 * (max(abs(c) for c in cost) + max(composer.idle_power_w.values(), default=0.0) + 1)
     rho = composer.utilization_cap
     constraints = [cp.sum(x) + s == offered_rps]
+    limits = composer.rate_limits(eligible)
+    bounded = np.flatnonzero(np.isfinite(limits))
+    if bounded.size:
+        constraints.append(x[bounded] <= limits[bounded])
     for r in resources:
         row = np.array([f.busy_s.get(r, 0.0) for f in eligible])
         limit = rho * y[devices.index(r)] if r in devices else rho

@@ -15,12 +15,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..errors import InfeasibleQoEError
 from ..ir import Plan
-from ..planner import solve
 from ..problem import Problem
-from .compose import Composer, Composition
-from .plans import adapter_plans
+from .compose import Arrivals, Composer, Composition
+from .plans import adapter_plans, planner_plans
 from .traces import Conditions, apply
 
 __all__ = ["Adapter"]
@@ -32,14 +30,17 @@ class Adapter:
         problem: Problem,
         plans: Sequence[Plan],
         *,
-        utilization_cap: float = 0.9,
+        utilization_cap: float | None = None,
+        arrivals: Arrivals = "periodic",
         max_plans: int = 16,
     ) -> None:
         self.problem = problem
         self.plans = list(plans)
-        self.utilization_cap = utilization_cap
         self.max_plans = max_plans
-        self.composer = Composer.for_problem(self.plans, problem, utilization_cap=utilization_cap)
+        self.composer = Composer.for_problem(
+            self.plans, problem, utilization_cap=utilization_cap, arrivals=arrivals
+        )
+        self.utilization_cap, self.arrivals = self.composer.utilization_cap, arrivals
         rate = problem.qoe.request_rate_rps or problem.qoe.throughput_rps or 1.0
         self.replans: list[dict[str, object]] = []
         self._lock = threading.Lock()
@@ -65,10 +66,7 @@ class Adapter:
         plans added and the solve time."""
         now = self.current_problem(conditions)
         started = time.perf_counter()
-        try:
-            found = list(solve(now).plans)
-        except InfeasibleQoEError:
-            found = []
+        found = planner_plans(now)
         solve_s = time.perf_counter() - started
         alive = [p for p in self.plans if all(d in now.cluster for d in p.devices)]
         widened = adapter_plans(found, now, max_plans=self.max_plans)
@@ -78,7 +76,7 @@ class Adapter:
         with self._lock:
             self.plans = merged
             self.composer = Composer.for_problem(
-                merged, self.problem, utilization_cap=self.utilization_cap
+                merged, self.problem, utilization_cap=self.utilization_cap, arrivals=self.arrivals
             )
         self.replans.append({"solve_s": solve_s, "added": [p.name for p in added]})
         return added, solve_s

@@ -225,7 +225,7 @@ def builtin_traces() -> dict[str, Trace]:
     """The three acceptance traces (issue 7)."""
     return {
         "bandwidth_drop": Trace(
-            "bandwidth_drop", 30.0, 25.0, (Event(10.0, "bandwidth", factor=0.25),), "smart_home"
+            "bandwidth_drop", 30.0, 100.0, (Event(10.0, "bandwidth", factor=0.25),), "smart_home"
         ),
         "device_leave": Trace(
             "device_leave",

@@ -158,3 +158,71 @@ def test_trace_text_and_json_round_trip():
     assert [(a, b) for a, b, _ in spans] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 10.0)]
     assert spans[1][2].absent == {"a"} and spans[2][2].absent == frozenset()
     assert spans[3][2].bandwidth_factor == 0.5
+
+
+def test_headroom_follows_the_arrivals_and_the_slo_slack():
+    from dora_fx.adapter.compose import PERIODIC_CAP, POISSON_CAP, headroom
+
+    assert headroom(0.010, 0.008, 0.020, "periodic") == PERIODIC_CAP
+    rho = headroom(0.010, 0.008, 0.020, "poisson")
+    assert rho * 0.008 / (2 * (1 - rho)) == pytest.approx(0.010)  # M/D/1 wait == slack
+    assert headroom(0.010, 0.008, None, "poisson") == POISSON_CAP
+    assert headroom(0.030, 0.008, 0.020, "poisson") == 0.0  # no slack: no load
+    with pytest.raises(Exception, match="arrivals"):
+        headroom(0.0, 0.0, None, "bursty")
+
+
+def test_poisson_arrivals_keep_each_plan_under_its_headroom():
+    from dora_fx.adapter.compose import headroom
+
+    problem = _problem(rate=1.0)
+    plans = adapter_plans(_solo(problem)[:1], problem)
+    figures = Composer.for_problem(plans, problem).figures(problem)
+    slo = 1.5 * figures[0].latency_s
+    tight = Problem(problem.blocks, problem.cluster, QoE(latency_ms=1e3 * slo), 4, 1e5)
+    composer = Composer.for_problem(plans, tight, arrivals="poisson")
+    comp = composer.compose(figures, 100 * figures[0].capacity_rps)
+    for f in figures:
+        rho = headroom(f.latency_s, f.bottleneck_s, slo, "poisson")
+        assert comp.rates_rps[f.name] <= rho * f.capacity_rps * (1 + 1e-6)
+    reference = compose_cvxpy(composer, figures, 100 * figures[0].capacity_rps)
+    assert sum(reference.values()) == pytest.approx(comp.served_rps, rel=1e-4)
+
+
+def test_plan_set_holds_plans_for_the_anticipated_changes():
+    from dora_fx.adapter import anticipated_conditions, plan_set
+
+    problem = _problem(rate=2.0)
+    tags = anticipated_conditions(problem)
+    assert {"bw0.5", "bw0.25", "load2x"} <= set(tags)
+    assert {f"no-{d}" for d in problem.cluster.device_names} <= set(tags)
+    plans = plan_set(problem)
+    names = [p.name for p in plans]
+    assert len(set(names)) == len(names) <= 32
+    keys = {tuple((s.block_start, s.block_stop, s.devices) for s in p.stages) for p in plans}
+    assert len(keys) == len(plans)  # no plan twice under two names
+    assert any(n.startswith("load-") or n.startswith("dora") for n in names)
+
+
+def test_adapter_rides_out_the_bandwidth_drop_without_violation():
+    """The acceptance trace in miniature: after the 4x drop the adapter's set already holds
+    the plan re-planning would find, so it switches in milliseconds."""
+    import sys
+    from pathlib import Path
+
+    from dora_fx.adapter import apply, plan_set, replay
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    from bench_partitioner import model_blocks
+
+    trace = builtin_traces()["bandwidth_drop"]
+    blocks, input_bytes = model_blocks("mobilenetv2", 1)
+    qoe = QoE(latency_ms=20.0, objective="energy", request_rate_rps=trace.request_rate_rps)
+    problem = Problem(tuple(blocks), scenarios.smart_home(), qoe, 1, input_bytes)
+    start = apply(problem, trace.conditions_at(0.0))
+    results = replay(trace, problem, adapter_plans_=plan_set(start))
+    static, replanned, adapter = results["static"], results["replan"], results["adapter"]
+    assert adapter.violation_s <= min(static.violation_s, replanned.violation_s)
+    assert static.violation_s > 0  # the drop matters for the plan chosen at the start
+    per_request = lambda r: r.energy_j / r.served  # noqa: E731
+    assert per_request(adapter) <= per_request(replanned) * (1 + 1e-9)
