@@ -298,9 +298,13 @@ def _wait(
                     break
         if all(c is not None for c in codes):
             break
-        # ranks waiting on the failed one time out at about the same time: give them half
+        # ranks waiting on the failed one time out at about the same time: give them half,
+        # unless the first to fail is the culprit for sure (killed, or failed on its own)
         grace_s = 0.5 * timeout_s + _GRACE_S
-        if first_failure is not None and time.monotonic() - first_failure[2] > grace_s:
+        if first_failure is not None and (
+            _culprit_known(first_failure[0], first_failure[1], run_dir)
+            or time.monotonic() - first_failure[2] > grace_s
+        ):
             break
         if progress is not None and progress_path and os.path.exists(progress_path):
             text = Path(progress_path).read_text().split()
@@ -311,6 +315,19 @@ def _wait(
     if first_failure is not None:
         _kill_all(procs)
         raise _failure(first_failure[0], first_failure[1], table, run_dir)
+
+
+def _culprit_known(rank: int, code: int, run_dir: str) -> bool:
+    """The failed ``rank`` is the culprit without waiting for its peers' reports: a signal
+    killed it, or its own report blames no peer."""
+    if code < 0:
+        return True
+    path = Path(run_dir, f"failure_{rank}.json")
+    if not path.exists():
+        return False
+    with contextlib.suppress(ValueError):
+        return json.loads(path.read_text()).get("suspect_rank") is None
+    return False
 
 
 def _failure(rank: int, code: int, table: list[Any], run_dir: str) -> RankFailedError:
