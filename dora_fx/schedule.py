@@ -60,6 +60,8 @@ __all__ = [
     "execute",
     "lower",
     "lower_stage",
+    "relower",
+    "schedule_steps",
     "segments",
     "stage_steps",
 ]
@@ -240,12 +242,14 @@ class Schedule:
 @dataclass(frozen=True)
 class Step:
     """One microbatch's program order: ``recv`` (tag from peer), ``compute`` (segment),
-    ``send`` (tag to peer, nbytes per microbatch at the example batch)."""
+    ``send`` (tag to peer, nbytes per microbatch at the example batch; ``chunks``: a fixed
+    chunk count, 0 to derive it from the bytes)."""
 
     kind: str
     index: int
     peer: int = -1
     nbytes: int = 0
+    chunks: int = 0
 
 
 def _is_work(node: torch.fx.Node) -> bool:
@@ -342,7 +346,9 @@ def lower_stage(
     computes = [s for s in steps if s.kind == "compute"]
 
     def act(kind: Kind, mb: int, s: Step) -> Action:
-        chunks = chunks_for(s.nbytes / m, chunk_bytes) if kind is Kind.SEND else 1
+        chunks = 1
+        if kind is Kind.SEND:
+            chunks = s.chunks or chunks_for(s.nbytes / m, chunk_bytes)
         return Action(kind, mb, s.index, s.peer, chunks)
 
     actions: list[Action] = []
@@ -383,6 +389,35 @@ def lower(
         contention,
         tuple(
             lower_stage(k, s, microbatches, policy, chunk_bytes) for k, s in enumerate(steps)
+        ),
+    )
+
+
+def schedule_steps(stage: StageSchedule) -> list[Step]:
+    """A stage's steps read back from its actions of microbatch 0 (WAIT: recv, F: compute,
+    SEND: send with its chunk count). Both lowerings keep the steps' order there, up to the
+    naive one's grouping, which it imposes again when relowered."""
+    kinds = {Kind.WAIT: "recv", Kind.COMPUTE: "compute", Kind.SEND: "send"}
+    return [
+        Step(kinds[a.kind], a.index, a.peer, chunks=a.chunks if a.kind is Kind.SEND else 0)
+        for a in stage.actions
+        if a.mb == 0 and a.kind in kinds
+    ]
+
+
+def relower(schedule: Schedule, microbatches: int) -> Schedule:
+    """Pure: ``schedule`` for another microbatch count (same policy, contention, segments and
+    chunk counts): what a runtime executes when a batch has fewer rows than microbatches, or
+    when a run asks for another count."""
+    if microbatches == schedule.microbatches:
+        return schedule
+    return Schedule(
+        schedule.policy,
+        microbatches,
+        schedule.contention,
+        tuple(
+            lower_stage(s.stage, schedule_steps(s), microbatches, schedule.policy)
+            for s in schedule.stages
         ),
     )
 

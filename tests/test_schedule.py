@@ -20,7 +20,9 @@ from dora_fx.schedule import (
     StageSchedule,
     Step,
     execute,
+    lower,
     lower_stage,
+    relower,
 )
 
 CLUSTER = dora_fx.Cluster(tuple(dora_fx.Device(f"dev{i}", (i + 1) * 1e11) for i in range(4)))
@@ -95,6 +97,21 @@ def test_overlap_lowering_posts_early_waits_late_and_chunks():
         "0POST4<0 0POST7<0 1POST4<0 1POST7<0 0WAIT4<0 0F0 0SEND9>2x2 0WAIT7<0 0F1 "
         "1WAIT4<0 1F0 1SEND9>2x2 1WAIT7<0 1F1 0SENT9>2 1SENT9>2"
     )
+
+
+@pytest.mark.parametrize("policy", ["naive", "overlap"])
+def test_relowering_keeps_steps_segments_and_chunks(policy):
+    sender = [Step("compute", 0), Step("send", 4, 1, 4 << 20), Step("compute", 1),
+              Step("send", 7, 1, 1 << 10)]
+    steps = [sender, [Step("recv", 4, 0), Step("compute", 0), Step("recv", 7, 0), Step("compute", 1)]]
+    two = lower(steps, 2, policy, "critical-first", chunk_bytes=1 << 20)
+    three = relower(two, 3)
+    assert three.microbatches == 3 and (three.policy, three.contention) == (policy, "critical-first")
+    assert relower(three, 2) == two and relower(two, 2) is two
+    fixed = [[Step(s.kind, s.index, s.peer, chunks=2 if s.index == 4 else 1)
+              if s.kind == "send" else s for s in sender], steps[1]]
+    assert three == lower(fixed, 3, policy, "critical-first")
+    execute(three)
 
 
 def test_a_cycle_of_waits_deadlocks():
@@ -285,3 +302,25 @@ def test_a_loaded_plan_with_its_schedule_equals_the_model(tmp_path):
     assert loaded.manifest["stages"][1]["schedule"] == compiled.state.schedule.stage_entry(1)
     with torch.no_grad():
         torch.testing.assert_close(loaded(*inputs), model(*inputs))
+
+
+def test_a_loaded_stage_runs_segment_by_segment_from_its_source(tmp_path, monkeypatch):
+    """Segment-level execution of loaded stages cuts the saved forward at its segment marks
+    (what the distributed runtime does); it computes exactly what the whole forward does."""
+    from dora_fx.runtime.local import stage_programs
+    from dora_fx.runtime.segments import SourceSegments
+
+    model, inputs = build("gpt2", batch=4)
+    compiled = compile_scheduled(model, inputs, 3, 2)
+    loaded = dora_fx.load(compiled.save(tmp_path / "gpt2"))
+    programs = stage_programs(loaded.stages)
+    assert all(isinstance(p, SourceSegments) for p in programs.values())
+    assert [p.count for p in programs.values()] == [
+        s.segments_used() for s in compiled.state.schedule.stages
+    ]
+    with torch.no_grad():
+        whole = loaded(*inputs)
+        monkeypatch.setenv("DORA_SEGMENTS", "1")
+        segmented = loaded(*inputs)
+    torch.testing.assert_close(segmented, whole, rtol=0, atol=0)
+    torch.testing.assert_close(segmented, model(*inputs))

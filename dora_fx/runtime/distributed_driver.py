@@ -1,16 +1,20 @@
 """Distributed runtime, driver: what one rank does from start to end of a run.
 
-``run_rank`` joins the process group, loads the rank's stage from the plan folder and hands it
-to a ``_Driver``, which
+``run_rank`` joins the process group, loads the rank's stage and its schedule from the plan
+folder (``distributed_schedule.rank_schedule``: the microbatch count is the schedule's) and
+hands them to a ``_Driver``, which
 
 1. warms up: runs ``warmup`` requests unmeasured and not emulated, recording the stage's ops
-   (``emulation.CostRecorder``) and its CPU time per item;
+   (``emulation.CostRecorder``) and its CPU time per item (one microbatch of one request);
 2. starts emulation (when asked): the dilation every rank agrees on (``time_scale``), the
-   compute stretch of this device and the link shaper on the shared-medium ledger;
+   compute stretch of this device and the link shaper on the shared-medium ledger, paced by
+   the schedule's contention policy;
 3. streams the measured requests: rank 0 releases them (closed loop of ``in_flight``, or open
-   loop at ``rate_rps``), cuts them into microbatches, scatters the inputs, runs its own stage
-   and collects the outputs; every other rank runs its stage once per item;
-4. reports: rank 0 gathers every rank's metrics and writes the result.
+   loop at ``rate_rps``), cuts each into the schedule's microbatches, scatters the inputs, runs
+   its own stage's actions and collects the outputs; every other rank executes its stage's
+   actions once per request (``distributed_schedule.StageRunner``);
+4. reports: rank 0 gathers every rank's metrics (with the trace of executed actions) and
+   writes the result.
 
 Faults injected on purpose (``RunConfig.fault``) exercise the failure path; tensors move
 through ``distributed_transport.DistTransport``.
@@ -27,6 +31,8 @@ import torch
 import torch.distributed as dist
 
 from ..ir import Plan
+from ..schedule import Schedule
+from .distributed_schedule import StageRunner, rank_schedule
 from .distributed_transport import (
     DistTransport,
     RankInfo,
@@ -36,6 +42,7 @@ from .distributed_transport import (
     split_sizes,
 )
 from .emulation import ComputeStretch
+from .segments import segment_program
 
 __all__ = ["RunConfig", "run_rank", "STARTUP_TIMEOUT_S"]
 
@@ -50,15 +57,18 @@ class RunConfig:
     operations. ``time_scale``: wall seconds per emulated second (None: the smallest at which
     every device can be emulated, times ``EMULATION_MARGIN``). ``host``: the calibrated host as
     ``Device`` JSON. ``compute_reference``: what a device's predicted time is scaled against,
-    the stage's ``"measured"`` host time or the host ``"profile"`` (see ``emulation``). ``fault``: ``{"rank": r, "item": k, "kind": "kill" | "hang"}`` makes a rank
-    fail on purpose (tests of the failure path).
+    the stage's ``"measured"`` host time or the host ``"profile"`` (see ``emulation``).
+    ``microbatches``: None runs the plan's schedule as compiled; a count relowers it for that
+    many (every rank the same way). ``fault``: ``{"rank": r, "item": k, "kind": "kill" |
+    "hang"}`` makes a rank fail on purpose before the request holding its ``k``-th item of the
+    stream (tests of the failure path).
     """
 
     plan_dir: str
     requests_path: str
     result_path: str | None = None
     progress_path: str | None = None
-    microbatches: int = 1
+    microbatches: int | None = None
     in_flight: int = 0
     rate_rps: float | None = None
     warmup: int = 3
@@ -94,13 +104,19 @@ def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | 
     me = wiring.table[rank]
     device = torch.device(config.device)
     module = stage.module.to(device)
+    schedule = rank_schedule(manifest, config.microbatches)
+    program = segment_program(module, stage.code)
     # Ranks start at different times (imports, loading weights): rendezvous and collectives
     # get room for that; P2P waits use the run's timeout_s.
     startup = timedelta(seconds=max(config.timeout_s, STARTUP_TIMEOUT_S))
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=startup)
     control = dist.new_group(backend="gloo", timeout=startup)
-    transport = DistTransport(me, wiring, config.timeout_s, device)
-    driver = _Driver(config, me, wiring, module, transport, control)
+    transport = DistTransport(me, wiring, config.timeout_s, device, schedule.microbatches)
+    runner = StageRunner(
+        me.stage, schedule.stages[me.stage], schedule.overlaps, schedule.microbatches, program,
+        transport,
+    )  # fmt: skip
+    driver = _Driver(config, me, wiring, schedule, runner, control)
     result = driver.run(manifest)  # on failure the process ends without a goodbye to peers
     transport.close()
     metrics: list[Any] = [None] * world_size if rank == 0 else []
@@ -135,15 +151,17 @@ class _Driver:
         config: RunConfig,
         me: RankInfo,
         wiring: StageWiring,
-        module: torch.nn.Module,
-        transport: DistTransport,
+        schedule: Schedule,
+        runner: StageRunner,
         control: Any,
     ) -> None:
-        self.config, self.me, self.wiring, self.module = config, me, wiring, module
-        self.transport, self.control = transport, control
+        self.config, self.me, self.wiring, self.schedule = config, me, wiring, schedule
+        self.m = schedule.microbatches
+        self.runner, self.transport, self.control = runner, runner.transport, control
+        runner.on_item_done = self._item_done
         self.time_scale = 1.0
         self.items = 0
-        self.first_measured_item = 0
+        self.first_request = 0  # the first measured request
         self.device_item_s = self.host_item_s = self.host_measured_item_s = 0.0
         self._cpu_samples: list[float] = []
         self._device_wall_s: float | None = None  # emulated wall seconds of one item
@@ -151,9 +169,10 @@ class _Driver:
         self._clocks = self._stream_clocks = (0.0, 0.0, 0.0)
         self.warmup_cpu_item_s, self.inflation = 0.0, 1.0
         self._stream_start = 0  # index of the stream's first CPU sample
+        self._stream_t0 = 0.0
 
     def run(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        config, m = self.config, self.config.microbatches
+        config = self.config
         requests: list[list[Any]] = []
         if self.me.rank == 0:
             requests = torch.load(config.requests_path, weights_only=True)
@@ -161,61 +180,46 @@ class _Driver:
         dist.broadcast_object_list(counts, src=0, group=self.control)
         total, warmup = counts
         # Phase 1: warm up and count the stage's operations (no emulation, not measured).
-        ops = self._serve(requests[:warmup], range(warmup * m), record=True)
+        ops = self._serve(requests[:warmup], warmup)
         self._start_emulation(manifest, ops)
         dist.barrier(group=self.control)
         # Phase 2: the measured stream.
-        self.transport.stretch = ComputeStretch(self.transport.stretch.factor)
-        self.items, self.first_measured_item = 0, warmup * m
+        self.runner.stretch = ComputeStretch(self.runner.stretch.factor)
+        self.items, self.first_request = 0, warmup
         self._stream_start = len(self._cpu_samples)
-        return self._stream(requests, range(warmup * m, (warmup + total) * m))
+        return self._stream(requests, range(warmup, warmup + total))
 
-    def _serve(self, requests: list[list[Any]], items: range, record: bool = False) -> list[Any]:
-        """Warm-up: rank 0 feeds requests one at a time; everyone runs its items."""
-        from .emulation import CostRecorder, measured_reference_s
+    def _serve(self, requests: list[list[Any]], count: int) -> list[Any]:
+        """Warm-up: every rank runs its actions for ``count`` requests, rank 0 feeding them
+        one after another; the first item's operations are recorded."""
+        from .emulation import measured_reference_s
 
-        ops: list[Any] = []
+        self.runner.record_item = 0 if count else None
         cpu_after_first = time.process_time()
-        for item in items:
-            if item == items.start + 1:
-                cpu_after_first = time.process_time()  # the recorded first item is slower
+        for r in range(count):
+            if r == 1:
+                cpu_after_first = time.process_time()  # the recorded first request is slower
             if self.me.rank == 0:
-                request = requests[(item - items.start) // self.config.microbatches]
-                self.transport.scatter_inputs(item, self._microbatch(request, item - items.start))
-            recorder = CostRecorder() if record and not ops else None
-            if recorder is not None:
-                with recorder:
-                    self._run_item(item, recording=True)
-                ops = recorder.ops or [None]
-            else:
-                self._run_item(item)
+                self._scatter(requests[r], r)
+            self.runner.run_request(r)
+        self.runner.flush()
         if self.me.rank == 0:
-            for item in items:
-                self.transport.collect_outputs(item, sorted(self.wiring.output_dims))
+            for r in range(count):
+                self._collect(r)
+        self.runner.record_item = None
         # process CPU (every thread) per item, and how much longer compute took in wall time
-        self.warmup_cpu_item_s = (time.process_time() - cpu_after_first) / max(len(items) - 1, 1)
-        stretch = self.transport.stretch
+        measured_items = (count - 1) * self.m if count > 1 else max(count * self.m, 1)
+        self.warmup_cpu_item_s = (time.process_time() - cpu_after_first) / measured_items
+        stretch = self.runner.stretch
         self.inflation = stretch.busy_wall_s / stretch.busy_cpu_s if stretch.busy_cpu_s else 1.0
         # CPU seconds per item (the recorded, slower first item aside when there are others)
-        self.host_measured_item_s = (
-            measured_reference_s(self._cpu_samples) or self.transport.stretch.busy_cpu_s
-        )
-        return [op for op in ops if op is not None]
+        self.host_measured_item_s = measured_reference_s(self._cpu_samples) or stretch.busy_cpu_s
+        return list(self.runner.recorded)
 
-    def _run_item(self, item: int, recording: bool = False) -> None:
-        from ..comm_ops import use_transport
-
-        transport = self.transport
-        transport.item = item
-        cpu_before = transport.stretch.busy_cpu_s
-        transport.stretch.resume()
-        with torch.no_grad(), use_transport(transport):  # type: ignore[arg-type]
-            outputs = self.module(*transport.inputs())
-        transport.stretch.settle()
-        transport.send_outputs(list(outputs))
+    def _item_done(self, item: int, cpu_s: float) -> None:
         self.items += 1
-        if not recording:
-            self._cpu_samples.append(transport.stretch.busy_cpu_s - cpu_before)
+        if item != self.runner.record_item:
+            self._cpu_samples.append(cpu_s)
             self._rescale()
 
     def _rescale(self) -> None:
@@ -227,16 +231,25 @@ class _Driver:
             return
         reference = measured_reference_s(self._cpu_samples, self._stream_start)
         if reference > 0:
-            self.transport.stretch.factor = self._device_wall_s / reference
+            self.runner.stretch.factor = self._device_wall_s / reference
 
-    def _microbatch(self, request: list[Any], index: int) -> list[Any]:
-        m = self.config.microbatches
+    def _scatter(self, request: list[Any], r: int) -> None:
+        """Rank 0: the user inputs of every microbatch of request ``r`` to the stages."""
+        for k in range(self.m):
+            self.transport.scatter_inputs(r * self.m + k, self._microbatch(request, k))
+
+    def _microbatch(self, request: list[Any], part: int) -> list[Any]:
+        m = self.m
         rows = batch_rows(request)
         if m == 1 or not rows:
             return request
-        part = index % m
-        start = sum(split_sizes(rows, [1.0] * m)[:part])
-        size = split_sizes(rows, [1.0] * m)[part]
+        if rows < m:
+            raise ValueError(
+                f"a request of {rows} rows cannot be cut into the schedule's {m} microbatches; "
+                "send requests of at least that many rows"
+            )
+        sizes = split_sizes(rows, [1.0] * m)
+        start, size = sum(sizes[:part]), sizes[part]
         return [
             v.narrow(0, start, size)
             if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == rows
@@ -282,11 +295,13 @@ class _Driver:
         self.time_scale = scale
         factor = scale * self.device_item_s / reference if reference > 0 else scale
         self._device_wall_s = scale * self.device_item_s
-        self.transport.stretch = ComputeStretch(factor)
+        self.runner.stretch = ComputeStretch(factor)
         assert self.config.ledger_path is not None
         keys = resource_keys(cluster.network, [r.device for r in self.wiring.table])
         self._ledger = MediumLedger(self.config.ledger_path, keys)
-        self.transport.shaper = LinkShaper(cluster.network, self._ledger, scale, self.me.rank)
+        self.transport.shaper = LinkShaper(
+            cluster.network, self._ledger, scale, self.me.rank, self.schedule.contention
+        )
 
     def _host_reference_s(self) -> float:
         if self.config.compute_reference == "profile":
@@ -297,10 +312,11 @@ class _Driver:
             f"compute_reference must be 'measured' or 'profile', got {self.config.compute_reference!r}"
         )
 
-    def _stream(self, requests: list[list[Any]], items: range) -> dict[str, Any] | None:
+    def _stream(self, requests: list[list[Any]], indices: range) -> dict[str, Any] | None:
         self._clocks = (time.monotonic(), time.thread_time(), time.process_time())
+        self._stream_t0 = self._clocks[0]
         try:
-            return self._stream_items(requests, items)
+            return self._stream_requests(requests, indices)
         finally:
             wall, thread_cpu, process_cpu = self._clocks
             self._stream_clocks = (
@@ -309,46 +325,50 @@ class _Driver:
                 time.process_time() - process_cpu,
             )
 
-    def _stream_items(self, requests: list[list[Any]], items: range) -> dict[str, Any] | None:
-        m, fault = self.config.microbatches, self.config.fault or {}
+    def _fault_at(self, k: int) -> None:
+        """Inject the configured fault before the ``k``-th request of the stream if it holds
+        the faulty item."""
+        fault = self.config.fault or {}
+        if fault.get("rank") == self.me.rank and k * self.m <= fault.get("item", -1) < (k + 1) * self.m:
+            _inject(fault)
+
+    def _stream_requests(self, requests: list[list[Any]], indices: range) -> dict[str, Any] | None:
         if self.me.rank != 0:
-            for k, item in enumerate(items):
-                if fault.get("rank") == self.me.rank and fault.get("item") == k:
-                    _inject(fault)
-                self._run_item(item)
+            for k, r in enumerate(indices):
+                self._fault_at(k)
+                self.runner.run_request(r)
+            self.runner.flush()
             return None
         window = self.config.in_flight or len(self.wiring.table)
         released: list[float] = []
         done: list[tuple[list[Any], float]] = []
         start = time.monotonic()
-        for r, request in enumerate(requests):
-            while r - len(done) >= window and self.config.rate_rps is None:
-                done.append(self._collect(items.start + len(done) * m))
+        for k, request in enumerate(requests):
+            while k - len(done) >= window and self.config.rate_rps is None:
+                done.append(self._collect(indices.start + len(done)))
                 self._progress(len(done), len(requests))
             # A request is issued when its client sends it: at its time in the open loop, or
             # when the request ``window`` before it returned (closed loop), not when rank 0
             # gets round to it; time it waits for rank 0's stage is latency, as in the sim.
             if self.config.rate_rps:
-                issued = start + r * self.time_scale / self.config.rate_rps
+                issued = start + k * self.time_scale / self.config.rate_rps
                 _sleep_to(issued)
             else:
-                issued = done[r - window][1] if r >= window else start
+                issued = done[k - window][1] if k >= window else start
             released.append(issued)
-            for k in range(m):
-                item = items.start + r * m + k
-                if fault.get("rank") == 0 and fault.get("item") == r * m + k:
-                    _inject(fault)
-                self.transport.scatter_inputs(item, self._microbatch(request, k))
-                self._run_item(item)
+            self._fault_at(k)
+            self._scatter(request, indices.start + k)
+            self.runner.run_request(indices.start + k)
+        self.runner.flush()
         while len(done) < len(requests):
-            done.append(self._collect(items.start + len(done) * m))
+            done.append(self._collect(indices.start + len(done)))
             self._progress(len(done), len(requests))
         return self._result(released, done)
 
-    def _collect(self, first_item: int) -> tuple[list[Any], float]:
+    def _collect(self, request: int) -> tuple[list[Any], float]:
         positions = sorted(self.wiring.output_dims)
         parts, arrived = [], 0.0
-        for item in range(first_item, first_item + self.config.microbatches):
+        for item in range(request * self.m, (request + 1) * self.m):
             values, at = self.transport.collect_outputs(item, positions)
             parts.append(values)
             arrived = max(arrived, at)
@@ -371,6 +391,7 @@ class _Driver:
             "span_s": span_s,
             "throughput_rps": len(done) / span_s if span_s > 0 else 0.0,
             "time_scale": scale,
+            "schedule": self.schedule.to_text(),
         }
 
     def _progress(self, done: int, total: int) -> None:
@@ -379,14 +400,16 @@ class _Driver:
                 handle.write(f"{done} {total}\n")
 
     def metrics(self) -> dict[str, Any]:
-        stretch = self.transport.stretch
+        stretch, scale, t0 = self.runner.stretch, self.time_scale, self._stream_t0
+        shaper = self.transport.shaper
+        first_item = self.first_request * self.m
         return {
             "rank": self.me.rank,
             "stage": self.me.stage,
             "device": self.me.device,
             "items": self.items,
-            "busy_s": stretch.busy_wall_s / self.time_scale,
-            "overrun_s": stretch.overrun_wall_s / self.time_scale,
+            "busy_s": stretch.busy_wall_s / scale,
+            "overrun_s": stretch.overrun_wall_s / scale,
             # wall seconds of the stream; CPU seconds of the main thread (the stage's compute
             # is busy_cpu_s of it, the rest is the driver's own work) and of the whole process
             "stream_wall_s": self._stream_clocks[0],
@@ -399,11 +422,21 @@ class _Driver:
             "host_predicted_item_s": self.host_item_s,
             "host_measured_item_s": self.host_measured_item_s,
             "bytes_sent": self.transport.bytes_sent,
+            "microbatches": self.m,
+            "contention": self.schedule.contention,
+            # seconds chunks were held back for more critical flows (critical-first pacing)
+            "held_s": (shaper.held_s / scale) if shaper is not None else 0.0,
+            # every executed action: request, action, start and end in device seconds from
+            # the stream's start (the warm-up's are negative)
+            "trace": [
+                (r, text, (a - t0) / scale, (b - t0) / scale)
+                for r, text, a, b in self.runner.trace
+            ],
             "received": [
                 {"src": src, "item": item, "tag": tag, "bytes": nbytes,
-                 "seconds": (arrived - sent) / self.time_scale}
+                 "seconds": (arrived - sent) / scale}
                 for src, item, tag, nbytes, sent, arrived in self.transport.transfers
-                if item >= self.first_measured_item
+                if item >= first_item
             ],
         }
 

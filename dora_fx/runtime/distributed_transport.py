@@ -1,18 +1,27 @@
 """Distributed runtime, transport: tensors between ranks over torch.distributed P2P.
 
 Ranks follow the plan (``rank_table``: stage major, then the devices of a data-parallel group).
-A rank runs its stage once per *item* (one microbatch of one request); the stage graph's ``dora.recv`` / ``dora.send`` ops call this
-module's ``DistTransport``. Rank 0 also is the source and the sink: it cuts requests into
-microbatches, sends every stage the user inputs it uses, and collects the model outputs.
+A rank executes its stage's schedule (``distributed_schedule``) once per request, one *item*
+per microbatch (item = request * microbatches + microbatch); its WAIT and SEND actions come
+here. Rank 0 also is the source and the sink: it cuts requests into microbatches, sends every
+stage the user inputs it uses, and collects the model outputs.
 
-Every tensor travels as a fixed-size int64 *header* (item, tag, dtype, shape, the item's batch)
-and a payload, on two fixed gloo tags per pair of ranks, so receives need no shape agreed in
-advance (the batch is dynamic) and a receiver thread per sending rank can post receives early
-and file what arrives by ``(item, sender, tag)``; a stage's ``recv`` then only waits for its
-entry. Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
+Every tensor travels as a fixed-size int64 *header* (item, tag, dtype, shape, the item's batch,
+chunk index and count) and a payload, on two fixed gloo tags per pair of ranks, so receives
+need no shape agreed in advance (the batch is dynamic) and a receiver thread per sending rank
+receives continuously and files what arrives by ``(item, sender, tag)``. A SEND in ``c``
+chunks sends the flattened tensor in ``c`` consecutive pieces of near-equal size, each with
+its own header; the receiver thread joins them into the tensor and files it when the last
+one is in. So POST needs no gloo call (the receiver threads have receives posted at all
+times): it registers the expected entry, and WAIT blocks until that entry is filed.
+
+Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
 (``split_sizes``): a sender slot sends each receiver slot the rows both hold (possibly none, an
 empty piece), and the receiver concatenates the pieces in slot order; tensors without a batch
 dim are sent by slot 0 to every slot. CUDA stages stage tensors through the CPU for gloo.
+
+Emulation: every message of a shaped send goes through the ``emulation.LinkShaper``, with the
+priority ``(request, microbatch, -receiving stage)`` its ``critical-first`` pacing uses.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ import torch.distributed as dist
 
 from ..errors import RankFailedError
 from ..ir import Plan
-from .emulation import ComputeStretch, LinkShaper
+from ..schedule import ScheduleError
+from .emulation import LinkShaper
 
 __all__ = [
     "RankInfo",
@@ -37,16 +47,19 @@ __all__ = [
     "split_sizes",
     "StageWiring",
     "DistTransport",
+    "Sending",
     "INPUT_TAG",
     "OUTPUT_TAG",
     "batch_rows",
+    "chunk_sizes",
 ]
 
 INPUT_TAG = 1 << 24  # + user input position
 OUTPUT_TAG = 2 << 24  # + user output position
 _HEADER_TAG, _PAYLOAD_TAG = 1, 2
 _MAX_DIMS = 10
-_FIELDS = 7  # kind, item, tag, ndim, dtype, batch, sent at (us, time.monotonic)
+# kind, item, tag, ndim, dtype, batch, sent at (us, time.monotonic), chunk, chunks
+_FIELDS = 9
 _HEADER_LEN = _FIELDS + _MAX_DIMS  # then the dims
 _MAX_TRANSFER_LOG = 10_000
 _DATA, _END = 0, 1
@@ -99,6 +112,12 @@ def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
     return sizes
 
 
+def chunk_sizes(numel: int, chunks: int) -> list[int]:
+    """Elements of each chunk of a flattened tensor: near-equal, the first ones one larger."""
+    base, extra = divmod(numel, chunks)
+    return [base + (1 if i < extra else 0) for i in range(chunks)]
+
+
 def _bounds(batch: int, shares: Sequence[float]) -> list[tuple[int, int]]:
     edges = [0]
     for size in split_sizes(batch, shares):
@@ -131,6 +150,10 @@ class StageWiring:
             inputs[index] = list(entry["input_indices"])
             outputs[index] = list(entry["output_indices"])
         return cls(rank_table(plan), send_dims, recv_dims, output_dims, inputs, outputs)
+
+    @property
+    def num_stages(self) -> int:
+        return 1 + max(r.stage for r in self.table)
 
     def ranks_of(self, stage: int) -> list[RankInfo]:
         return [r for r in self.table if r.stage == stage]
@@ -167,8 +190,29 @@ class _Mailbox:
     errors: dict[int, BaseException] = field(default_factory=dict)  # by sending rank
 
 
+@dataclass
+class Sending:
+    """One message on its way: ``left`` is set once it has left this rank (the gloo send
+    completed, or under emulation the emulated link finished serializing it)."""
+
+    dst: int
+    item: int
+    tag: int
+    shaped: bool = False
+    left: threading.Event = field(default_factory=threading.Event)
+    works: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class _Partial:
+    """Chunks of one message received so far (receiver thread only)."""
+
+    parts: list[torch.Tensor | None]
+    sent_at: float
+
+
 class DistTransport:
-    """The ``comm_ops`` transport of one rank (see the module docstring)."""
+    """The transport of one rank (see the module docstring)."""
 
     def __init__(
         self,
@@ -176,20 +220,21 @@ class DistTransport:
         wiring: StageWiring,
         timeout_s: float,
         device: torch.device | None = None,
+        microbatches: int = 1,
     ) -> None:
         self.me, self.wiring, self.timeout_s = me, wiring, timeout_s
         self.device = device or torch.device("cpu")
-        self.item = 0
+        self.microbatches = microbatches
         self.batch: dict[int, int] = {}  # item -> its global batch (rows), from any header
         self.shaper: LinkShaper | None = None
-        self.stretch = ComputeStretch(None)
         self.bytes_sent = 0
-        # received pieces: (sending rank, item, tag, bytes, sent at, arrived at) in wall seconds
+        # received messages: (sending rank, item, tag, bytes, sent at, arrived at) in wall seconds
         self.transfers: list[tuple[int, int, int, int, float, float]] = []
         links = wiring.links()
         self._sources = sorted(a for a, b in links if b == me.rank)
         self._destinations = sorted(b for a, b in links if a == me.rank)
         self._mail = _Mailbox()
+        self._posted: set[tuple[int, int, int]] = set()  # (item, peer stage, tag)
         self._send_locks = {dst: threading.Lock() for dst in self._destinations}
         self._pending: list[tuple[Any, tuple[torch.Tensor, ...]]] = []
         self._pending_lock = threading.Lock()
@@ -202,26 +247,59 @@ class DistTransport:
         for thread in self._receivers:
             thread.start()
 
-    # -- the comm_ops Transport protocol -------------------------------------------------
 
-    def send(self, tensor: torch.Tensor, peer: int, tag: int) -> None:
-        self.stretch.settle()
-        batch_dim = self.wiring.send_dims[self.me.stage][(peer, tag)]
-        self._scatter(tensor, self.wiring.ranks_of(peer), tag, batch_dim, shaped=True)
-        self.stretch.resume()
+    # -- the schedule's actions ----------------------------------------------------------
 
-    def recv(self, peer: int, tag: int) -> torch.Tensor:
-        self.stretch.settle()
+    def post(self, item: int, peer: int, tag: int) -> None:
+        """POST: expect ``tag`` from stage ``peer`` for ``item``. The receiver threads have a
+        receive posted at all times, so this only registers the entry WAIT will take."""
+        self._posted.add((item, peer, tag))
+
+    def wait(self, item: int, peer: int, tag: int) -> torch.Tensor:
+        """WAIT: block until ``tag`` from stage ``peer`` has arrived for ``item`` (every piece
+        of a data-parallel sender group, joined)."""
+        try:
+            self._posted.remove((item, peer, tag))
+        except KeyError:
+            raise ScheduleError(
+                f"{self.me.describe()} waits for tag {tag} from stage {peer} (item {item}) "
+                "without having posted that receive"
+            ) from None
         batch_dim = self.wiring.recv_dims[self.me.stage][(peer, tag)]
-        value = self._gather(self.wiring.ranks_of(peer), tag, batch_dim)
-        self.stretch.resume()
-        return value
+        return self._gather(item, self.wiring.ranks_of(peer), tag, batch_dim)
+
+    def send(self, item: int, tensor: torch.Tensor, peer: int, tag: int, chunks: int = 1) -> list[Sending]:
+        """SEND: hand ``tensor`` to the network for stage ``peer`` in ``chunks`` messages per
+        receiving rank; returns at once with what SENT waits for."""
+        batch_dim = self.wiring.send_dims[self.me.stage][(peer, tag)]
+        return self._scatter(
+            item, tensor, self.wiring.ranks_of(peer), tag, batch_dim, shaped=True, chunks=chunks
+        )
+
+    def sent(self, sendings: Sequence[Sending]) -> None:
+        """SENT: block until every message of a SEND has left this rank."""
+        deadline = time.monotonic() + self.timeout_s
+        for sending in sendings:
+            while not sending.left.wait(min(0.5, max(deadline - time.monotonic(), 0.0))):
+                if self.shaper is not None and self.shaper.error is not None:
+                    raise self.shaper.error
+                if time.monotonic() >= deadline:
+                    raise self._peer_failed(
+                        sending.dst, sending.item,
+                        TimeoutError(f"tag {sending.tag} did not leave in {self.timeout_s:g} s"),
+                    )  # fmt: skip
+            if sending.shaped:
+                continue  # it left the emulated link; the real send follows at its arrival
+            for work in sending.works:
+                try:
+                    work.wait(timedelta(seconds=max(deadline - time.monotonic(), 1e-3)))
+                except Exception as exc:  # noqa: BLE001 - gloo says why the peer is gone
+                    raise self._peer_failed(sending.dst, sending.item, exc) from None
 
     # -- user inputs and outputs ---------------------------------------------------------
 
     def scatter_inputs(self, item: int, flat: Sequence[Any]) -> None:
         """Rank 0: send every rank the user inputs its stage uses (rows of its share)."""
-        self.item = item
         self.batch[item] = rows = batch_rows(flat)
         for stage, positions in self.wiring.input_stages.items():
             for position in positions:
@@ -229,25 +307,22 @@ class DistTransport:
                 batched = isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows
                 batch_dim = 0 if batched else None
                 self._scatter(
-                    value, self.wiring.ranks_of(stage), INPUT_TAG + position, batch_dim, shaped=True
-                )
+                    item, value, self.wiring.ranks_of(stage), INPUT_TAG + position, batch_dim,
+                    shaped=True,
+                )  # fmt: skip
 
-    def inputs(self) -> list[Any]:
+    def inputs(self, item: int) -> list[Any]:
         positions = self.wiring.input_stages[self.me.stage]
-        self.stretch.settle()
-        values = [self._take(0, INPUT_TAG + p).tensor for p in positions]
-        self.stretch.resume()
-        return values
+        return [self._take(0, INPUT_TAG + p, item).tensor for p in positions]
 
-    def send_outputs(self, values: Sequence[Any]) -> None:
+    def send_outputs(self, item: int, values: Sequence[Any]) -> None:
         positions = self.wiring.output_stages[self.me.stage]
         for position, value in zip(positions, values):
             batch_dim = self.wiring.output_dims.get(position)
             if batch_dim is None and self.me.slot:
                 continue  # the group's slot 0 returns values that have no batch dim
-            self._post(
-                0, OUTPUT_TAG + position, value, self._global_batch(value, batch_dim), shaped=False
-            )
+            batch = self._global_batch(item, value, batch_dim)
+            self._post(0, item, OUTPUT_TAG + position, value, batch, shaped=False)
 
     def collect_outputs(
         self, item: int, positions: Sequence[int]
@@ -261,6 +336,7 @@ class DistTransport:
             ranks = self.wiring.ranks_of(owner[position])
             sources = ranks[:1] if batch_dim is None else ranks
             pieces = [self._take(r.rank, OUTPUT_TAG + position, item) for r in sources]
+
             arrived = max([arrived, *(p.arrived_at for p in pieces)])
             tensors = [p.tensor for p in pieces]
             values.append(tensors[0] if batch_dim is None else torch.cat(tensors, batch_dim))
@@ -269,16 +345,26 @@ class DistTransport:
     # -- moving pieces -------------------------------------------------------------------
 
     def _scatter(
-        self, value: Any, receivers: list[RankInfo], tag: int, batch_dim: int | None, shaped: bool
-    ) -> None:
+        self,
+        item: int,
+        value: Any,
+        receivers: list[RankInfo],
+        tag: int,
+        batch_dim: int | None,
+        shaped: bool,
+        chunks: int = 1,
+    ) -> list[Sending]:
         if not isinstance(value, torch.Tensor):
             value = torch.as_tensor(value)
+        sendings: list[Sending] = []
         if batch_dim is None:
             if self.me.slot == 0:
                 for receiver in receivers:
-                    self._post(receiver.rank, tag, value, self.batch.get(self.item, 0), shaped)
-            return
-        batch = self._global_batch(value, batch_dim)
+                    sendings += self._post_chunks(
+                        receiver.rank, item, tag, value, self.batch.get(item, 0), shaped, chunks
+                    )
+            return sendings
+        batch = self._global_batch(item, value, batch_dim)
         mine = (
             _bounds(batch, self.me.shares)[self.me.slot]
             if self._in_group(value, batch_dim, batch)
@@ -288,49 +374,91 @@ class DistTransport:
         for receiver, (lo, hi) in zip(receivers, theirs):
             start, stop = max(lo, mine[0]), min(hi, mine[1])
             piece = value.narrow(batch_dim, start - mine[0], max(stop - start, 0))
-            self._post(receiver.rank, tag, piece, batch, shaped)
+            sendings += self._post_chunks(receiver.rank, item, tag, piece, batch, shaped, chunks)
+        return sendings
 
     def _in_group(self, value: torch.Tensor, batch_dim: int, batch: int) -> bool:
         """Whether ``value`` holds this rank's share of the rows rather than all of them."""
         return len(self.me.shares) > 1 and value.shape[batch_dim] != batch
 
-    def _global_batch(self, value: Any, batch_dim: int | None) -> int:
-        if self.item in self.batch:
-            return self.batch[self.item]
+    def _global_batch(self, item: int, value: Any, batch_dim: int | None) -> int:
+        if item in self.batch:
+            return self.batch[item]
         if isinstance(value, torch.Tensor) and batch_dim is not None and len(self.me.shares) == 1:
             return int(value.shape[batch_dim])
         return 0
 
-    def _gather(self, senders: list[RankInfo], tag: int, batch_dim: int | None) -> torch.Tensor:
+    def _gather(
+        self, item: int, senders: list[RankInfo], tag: int, batch_dim: int | None
+    ) -> torch.Tensor:
         if batch_dim is None:
-            return self._take(senders[0].rank, tag).tensor
-        pieces = [self._take(s.rank, tag).tensor for s in senders]
+            return self._take(senders[0].rank, tag, item).tensor
+        pieces = [self._take(s.rank, tag, item).tensor for s in senders]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, batch_dim)
 
-    def _post(self, dst: int, tag: int, tensor: torch.Tensor, batch: int, shaped: bool) -> None:
-        item = self.item
+    def _post_chunks(
+        self, dst: int, item: int, tag: int, tensor: torch.Tensor, batch: int, shaped: bool,
+        chunks: int,
+    ) -> list[Sending]:  # fmt: skip
+        """Send ``tensor`` as ``chunks`` messages (fewer when it has fewer elements)."""
+        chunks = max(1, min(chunks, tensor.numel()))
+        if chunks == 1 or dst == self.me.rank:
+            return [self._post(dst, item, tag, tensor, batch, shaped)]
+        flat = tensor.detach().reshape(-1)
+        sendings, start = [], 0
+        for index, size in enumerate(chunk_sizes(flat.numel(), chunks)):
+            piece = flat.narrow(0, start, size)
+            sendings.append(
+                self._post(dst, item, tag, piece, batch, shaped, (index, chunks), tensor.shape)
+            )
+            start += size
+        return sendings
+
+    def _post(
+        self,
+        dst: int,
+        item: int,
+        tag: int,
+        tensor: torch.Tensor,
+        batch: int,
+        shaped: bool,
+        chunk: tuple[int, int] = (0, 1),
+        shape: Sequence[int] | None = None,
+    ) -> Sending:
+        sending = Sending(dst, item, tag)
         if dst == self.me.rank:
             self._deposit(dst, item, tag, tensor, batch)
-            return
+            sending.left.set()
+            return sending
         payload = tensor.detach().to("cpu", copy=False).contiguous()
-        header = _header(_DATA, item, tag, payload, batch)
+        header = _header(_DATA, item, tag, payload, batch, chunk, shape)
         nbytes = payload.numel() * payload.element_size()
         self.bytes_sent += nbytes
+        sending.shaped = self.shaper is not None
 
         def transmit() -> None:
             with self._send_locks[dst]:
                 works = [dist.isend(header, dst, tag=_HEADER_TAG)]
                 if payload.numel():
                     works.append(dist.isend(payload, dst, tag=_PAYLOAD_TAG))
+            sending.works = works
             with self._pending_lock:
                 self._pending.extend((w, (header, payload)) for w in works)
+            if not sending.shaped:
+                sending.left.set()
 
         if self.shaper is None:
             transmit()
         else:
-            dst_device = self.wiring.table[dst].device
-            self.shaper.submit(dst, self.me.device, dst_device, nbytes, transmit, shaped)
+            receiver = self.wiring.table[dst]
+            to_stage = self.wiring.num_stages if tag >= OUTPUT_TAG else receiver.stage
+            priority = (*divmod(item, self.microbatches), -to_stage)
+            self.shaper.submit(
+                dst, self.me.device, receiver.device, nbytes, transmit, shaped,
+                priority=priority, on_left=sending.left.set,
+            )  # fmt: skip
         self._reap()
+        return sending
 
     def _reap(self) -> None:
         with self._pending_lock:
@@ -341,18 +469,17 @@ class DistTransport:
             self._mail.slots[(item, src, tag)] = _Piece(tensor, batch, time.monotonic())
             self._mail.cond.notify_all()
 
-    def _take(self, src: int, tag: int, item: int | None = None) -> _Piece:
-        item = self.item if item is None else item
+    def _take(self, src: int, tag: int, item: int) -> _Piece:
         key = (item, src, tag)
         deadline = time.monotonic() + self.timeout_s
         with self._mail.cond:
             while key not in self._mail.slots:
                 if src in self._mail.errors:
-                    raise self._peer_failed(src, self._mail.errors[src])
+                    raise self._peer_failed(src, item, self._mail.errors[src])
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._peer_failed(
-                        src, TimeoutError(f"nothing arrived in {self.timeout_s:g} s")
+                        src, item, TimeoutError(f"nothing arrived in {self.timeout_s:g} s")
                     )
                 self._mail.cond.wait(min(left, 0.5))
             piece = self._mail.slots.pop(key)
@@ -360,38 +487,55 @@ class DistTransport:
             self.batch.setdefault(item, piece.batch)
         return _Piece(piece.tensor.to(self.device), piece.batch, piece.arrived_at)
 
-    def _peer_failed(self, src: int, cause: BaseException) -> RankFailedError:
-        peer = self.wiring.table[src]
+    def _peer_failed(self, peer_rank: int, item: int, cause: BaseException) -> RankFailedError:
+        peer = self.wiring.table[peer_rank]
         what = (
-            "stopped sending (it hung or is far slower than the timeout allows)"
+            "stopped (it hung or is far slower than the timeout allows)"
             if isinstance(cause, TimeoutError) or "imeout" in str(cause) or "imed out" in str(cause)
             else "disconnected (it died)"
         )
         error = RankFailedError(
-            f"{self.me.describe()} waited for item {self.item} from {peer.describe()}, which "
+            f"{self.me.describe()} waited on item {item} for {peer.describe()}, which "
             f"{what}: {str(cause).splitlines()[0][:200]}. Look at that rank's log; raise "
             "timeout_s if its stage is legitimately slow"
         )
-        error.suspect_rank = src  # type: ignore[attr-defined]
+        error.suspect_rank = peer_rank  # type: ignore[attr-defined]
         return error
 
     def _receive_from(self, src: int) -> None:
         timeout = timedelta(seconds=self.timeout_s)
+        partial: dict[tuple[int, int], _Partial] = {}  # (item, tag) -> chunks so far
         try:
             while True:
                 header = torch.empty(_HEADER_LEN, dtype=torch.int64)
                 _wait(dist.irecv(header, src, tag=_HEADER_TAG), timeout)
-                kind, item, tag, ndim, dtype, batch, sent_us = (int(v) for v in header[:_FIELDS])
+                fields = [int(v) for v in header[:_FIELDS]]
+                kind, item, tag, ndim, dtype, batch, sent_us, chunk, chunks = fields
                 if kind == _END:
                     return
                 shape = [int(v) for v in header[_FIELDS : _FIELDS + ndim]]
-                payload = torch.empty(shape, dtype=_DTYPES[dtype])
+                if chunks > 1:
+                    numel = 1
+                    for size in shape:
+                        numel *= size
+                    payload = torch.empty(chunk_sizes(numel, chunks)[chunk], dtype=_DTYPES[dtype])
+                else:
+                    payload = torch.empty(shape, dtype=_DTYPES[dtype])
                 if payload.numel():
                     _wait(dist.irecv(payload, src, tag=_PAYLOAD_TAG), timeout)
+                sent_at = sent_us * 1e-6
+                if chunks > 1:
+                    entry = partial.setdefault((item, tag), _Partial([None] * chunks, sent_at))
+                    entry.parts[chunk] = payload
+                    if any(p is None for p in entry.parts):
+                        continue
+                    del partial[(item, tag)]
+                    payload = torch.cat(entry.parts).view(shape)  # type: ignore[arg-type]
+                    sent_at = entry.sent_at
                 self._deposit(src, item, tag, payload, batch)
                 if len(self.transfers) < _MAX_TRANSFER_LOG:
                     nbytes = payload.numel() * payload.element_size()
-                    self.transfers.append((src, item, tag, nbytes, sent_us * 1e-6, time.monotonic()))
+                    self.transfers.append((src, item, tag, nbytes, sent_at, time.monotonic()))
         except BaseException as exc:  # noqa: BLE001 - the main thread raises it
             with self._mail.cond:
                 self._mail.errors[src] = exc
@@ -411,14 +555,15 @@ class DistTransport:
             with self._pending_lock:
                 self._pending.append((work, (end,)))
         for work, _ in self._pending:
-            work.wait(timedelta(seconds=self.timeout_s))
+            if not work.is_completed():  # a gloo work waited twice waits for a second send
+                work.wait(timedelta(seconds=self.timeout_s))
         deadline = time.monotonic() + self.timeout_s
         for src, thread in zip(self._sources, self._receivers):
             thread.join(max(deadline - time.monotonic(), 0.0))
             if src in self._mail.errors:
-                raise self._peer_failed(src, self._mail.errors[src])
+                raise self._peer_failed(src, -1, self._mail.errors[src])
             if thread.is_alive():
-                raise self._peer_failed(src, TimeoutError("it never said it was done"))
+                raise self._peer_failed(src, -1, TimeoutError("it never said it was done"))
 
 
 def _wait(work: Any, timeout: timedelta) -> None:
@@ -434,16 +579,25 @@ def batch_rows(flat: Sequence[Any]) -> int:
     return 0
 
 
-def _header(kind: int, item: int, tag: int, tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    if tensor.dim() > _MAX_DIMS:
-        raise ValueError(
-            f"tensors of more than {_MAX_DIMS} dims cannot be sent, got {tensor.dim()}"
-        )
+def _header(
+    kind: int,
+    item: int,
+    tag: int,
+    tensor: torch.Tensor,
+    batch: int,
+    chunk: tuple[int, int] = (0, 1),
+    shape: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """A message's header; a chunk's header carries the whole tensor's ``shape``."""
+    shape = list(tensor.shape if shape is None else shape)
+    if len(shape) > _MAX_DIMS:
+        raise ValueError(f"tensors of more than {_MAX_DIMS} dims cannot be sent, got {len(shape)}")
     if tensor.dtype not in _DTYPES:
         raise TypeError(f"cannot send a {tensor.dtype} tensor; supported: {_DTYPES}")
     header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
     sent_us = int(time.monotonic() * 1e6)
-    fields = [kind, item, tag, tensor.dim(), _DTYPES.index(tensor.dtype), batch, sent_us]
+    fields = [kind, item, tag, len(shape), _DTYPES.index(tensor.dtype), batch, sent_us, *chunk]
     header[:_FIELDS] = torch.tensor(fields, dtype=torch.int64)
-    header[_FIELDS : _FIELDS + tensor.dim()] = torch.tensor(tensor.shape, dtype=torch.int64)
+    if shape:
+        header[_FIELDS : _FIELDS + len(shape)] = torch.tensor(shape, dtype=torch.int64)
     return header

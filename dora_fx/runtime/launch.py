@@ -68,6 +68,7 @@ class DistributedResult:
     wall_s: float
     emulated: bool
     notes: list[str] = field(default_factory=list)
+    schedule: str = ""  # the schedule the ranks executed (text form)
 
     @property
     def latency_p50_s(self) -> float:
@@ -146,7 +147,7 @@ def run_local(
     plan_dir: str | Path,
     requests: Sequence[Any],
     *,
-    microbatches: int = 1,
+    microbatches: int | None = None,
     in_flight: int = 0,
     rate_rps: float | None = None,
     warmup: int = 3,
@@ -164,16 +165,35 @@ def run_local(
     """Run a saved plan with one process per device on 127.0.0.1.
 
     ``requests``: each a tuple of positional inputs, or an ``(args, kwargs)`` pair, as the
-    model is called. ``emulate``: stretch compute to each device's predicted speed and shape
-    transfers to the plan's network (needs ``host``, the calibrated host).
+    model is called. Every rank executes its stage's schedule from the plan folder, cutting
+    each request into the schedule's microbatches; ``microbatches`` relowers that schedule for
+    another count (the result's notes say so). ``emulate``: stretch compute to each device's
+    predicted speed and shape transfers to the plan's network, paced by the schedule's
+    contention policy (needs ``host``, the calibrated host).
     """
+    from ..errors import InputError
     from ..serialize import _load_spec, _read_manifest
+    from .distributed_schedule import rank_schedule
+    from .distributed_transport import batch_rows
     from .local import flatten_inputs
 
     plan_dir = Path(plan_dir)
     manifest = _read_manifest(plan_dir)
     in_spec, out_spec = _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"])
     flat_requests = [flatten_inputs(*_args_kwargs(r), in_spec) for r in requests]
+    compiled = rank_schedule(manifest).microbatches
+    m = microbatches or compiled
+    notes = [] if m == compiled else [
+        f"note: ran the plan's schedule relowered for {m} microbatch(es); it was compiled for "
+        f"{compiled}"
+    ]  # fmt: skip
+    short = [i for i, flat in enumerate(flat_requests) if 0 < batch_rows(flat) < m]
+    if m > 1 and short:
+        raise InputError(
+            f"request {short[0]} has {batch_rows(flat_requests[short[0]])} rows, fewer than the "
+            f"schedule's {m} microbatches; send at least {m} rows per request, or pass "
+            "microbatches= a smaller count"
+        )
     if port:
         _check_port(port)
     with tempfile.TemporaryDirectory(prefix="dora_run_") as run_dir:
@@ -209,6 +229,8 @@ def run_local(
         ranks=raw["ranks"],
         wall_s=wall_s,
         emulated=emulate,
+        notes=notes,
+        schedule=raw.get("schedule", ""),
     )
 
 
@@ -430,7 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("plan_dir", nargs="?")
     parser.add_argument("--requests", help="torch.save'd list of flat input lists")
     parser.add_argument("--out", help="where rank 0 writes the result (torch.save)")
-    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument(
+        "--microbatches", type=int, default=None, help="relower the plan's schedule for this many"
+    )
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--emulate", action="store_true", help="emulate devices (one host only)")
     parser.add_argument("--host-profile", help="calibrated host profile JSON (for --emulate)")

@@ -22,20 +22,20 @@ import torch.utils._pytree as pytree
 from ..comm_ops import Mailbox, use_transport
 from ..errors import InputError
 from ..schedule import (
-    CHUNK_BYTES,
     Action,
     Kind,
     Schedule,
     ScheduleError,
+    StageSchedule,
     Step,
     execute,
     lower,
-    segments,
-    stage_steps,
+    relower,
 )
 from .data_parallel import join_along, run_replicated, slice_along, split_sizes
+from .segments import SegmentProgram, StageView, segment_program
 
-__all__ = ["StageModule", "LocalPipeline", "flatten_inputs"]
+__all__ = ["StageModule", "LocalPipeline", "flatten_inputs", "stage_programs"]
 
 
 @dataclass
@@ -184,32 +184,36 @@ def _segment_level() -> bool:
     return any(os.environ.get(v, "") not in ("", "0") for v in ("DORA_DEBUG", "DORA_SEGMENTS"))
 
 
-def _whole_steps(stage: StageModule) -> list[Step]:
-    """A stage run whole: receive everything, compute, send (from its recorded transfers)."""
+def _whole_steps(stage: StageModule, scheduled: StageSchedule) -> list[Step]:
+    """A stage run whole: receive everything, compute, send (from its recorded transfers),
+    each send in the chunks its schedule gives it."""
+    chunks = {(a.index, a.peer): a.chunks for a in scheduled.actions if a.kind is Kind.SEND}
     recvs = [Step("recv", r["tag"], r["peer"]) for r in stage.transfers.get("recvs", [])]
-    sends = [Step("send", t["tag"], t["peer"]) for t in stage.transfers.get("sends", [])]
+    sends = [
+        Step("send", t["tag"], t["peer"], chunks=chunks.get((t["tag"], t["peer"]), 1))
+        for t in stage.transfers.get("sends", [])
+    ]
     return [*recvs, Step("compute", 0), *sends]
 
 
-class _StageView:
-    """The transport a stage's segment sees for one microbatch: received values, an outbox."""
-
-    def __init__(self, stage: int, mb: int) -> None:
-        self.stage, self.mb = stage, mb
-        self.received: dict[tuple[int, int], torch.Tensor] = {}
-        self.outbox: dict[tuple[int, int], torch.Tensor] = {}
-
-    def recv(self, peer: int, tag: int) -> torch.Tensor:
-        try:
-            return self.received[(peer, tag)]
-        except KeyError:
-            raise ScheduleError(
-                f"stage {self.stage} uses tag {tag} from stage {peer} in microbatch {self.mb} "
-                "before the schedule waited for it (a WAIT must precede the segment using it)"
-            ) from None
-
-    def send(self, tensor: torch.Tensor, peer: int, tag: int) -> None:
-        self.outbox[(peer, tag)] = tensor
+def stage_programs(stages: Sequence[StageModule]) -> dict[int, SegmentProgram]:
+    """Segment programs of the stages that run segment by segment (all but data-parallel
+    ones, which run whole), checked against their schedules' segment counts."""
+    programs: dict[int, SegmentProgram] = {}
+    for stage in stages:
+        if len(stage.shares) > 1:
+            continue
+        program = segment_program(stage.module, stage.code)
+        entry = stage.schedule_entry
+        if entry is not None:
+            used = StageSchedule.from_text(stage.index, entry["actions"]).segments_used()
+            if used != program.count:
+                raise ScheduleError(
+                    f"stage {stage.index} has {program.count} segment(s) but its schedule "
+                    f"computes {used}"
+                )
+        programs[stage.index] = program
+    return programs
 
 
 class _ScheduledRun:
@@ -221,24 +225,18 @@ class _ScheduledRun:
         schedule = Schedule.from_stage_entries(entries)  # type: ignore[arg-type]
         batch = pipeline._batch_size(flat)
         m = 1 if batch is None else max(1, min(schedule.microbatches, batch))
-        # A loaded stage is a plain module (its forward is the segments in order): it runs
-        # whole per microbatch, under the schedule relowered for one segment. In one process
-        # nothing overlaps, so compiled stages run that way too (their generated forward, at
-        # eager speed) unless segment-level execution is asked for (DORA_DEBUG=1, or
-        # DORA_SEGMENTS=1): then each segment is interpreted node by node, in schedule order.
-        self.graphs = {
-            s.index: s.module for s in pipeline.stages if isinstance(s.module, torch.fx.GraphModule)
-        } if _segment_level() else {}
-        self.whole = {s.index: len(s.shares) > 1 or s.index not in self.graphs
-                      for s in pipeline.stages}
-        self.segments = {k: segments(g.graph, not self.whole[k]) for k, g in self.graphs.items()}
-        if m != schedule.microbatches or len(self.graphs) < len(pipeline.stages):
-            steps = [
-                stage_steps(self.graphs[s.index].graph, not self.whole[s.index])
-                if s.index in self.graphs else _whole_steps(s)
-                for s in pipeline.stages
-            ]
-            schedule = lower(steps, m, schedule.policy, schedule.contention, CHUNK_BYTES)
+        # In one process nothing overlaps, so by default each stage runs its forward whole
+        # per microbatch (at eager speed) under the schedule relowered for one segment per
+        # stage. Segment-level execution (DORA_DEBUG=1 or DORA_SEGMENTS=1) runs each COMPUTE
+        # as that segment alone (``runtime.segments``: graph nodes of a compiled stage, the
+        # saved forward's statements of a loaded one), in schedule order.
+        self.programs = stage_programs(pipeline.stages) if _segment_level() else {}
+        self.whole = {s.index: s.index not in self.programs for s in pipeline.stages}
+        if self.programs:  # data-parallel stages have one segment in their schedule anyway
+            schedule = relower(schedule, m)
+        else:
+            steps = [_whole_steps(s, scheduled) for s, scheduled in zip(pipeline.stages, schedule.stages)]
+            schedule = lower(steps, m, schedule.policy, schedule.contention)
         self.schedule = schedule
         dims = pipeline.input_batch_dims
         self.sizes = [batch or 0] if batch is None or m == 1 else split_sizes(batch, [1.0] * m)
@@ -247,8 +245,8 @@ class _ScheduledRun:
             [slice_along(x, d if m > 1 else None, start, size) for x, d in zip(flat, dims)]
             for start, size in zip(starts, self.sizes)
         ]
-        self.views = {(k, mb): _StageView(k, mb) for k in self.stages for mb in range(m)}
-        self.interpreters: dict[tuple[int, int], torch.fx.Interpreter] = {}
+        self.views = {(k, mb): StageView(k, mb) for k in self.stages for mb in range(m)}
+        self.states: dict[tuple[int, int], Any] = {}
         self.messages: dict[tuple[int, int, int, int], list[torch.Tensor]] = {}
         self.outputs: dict[tuple[int, int], list[Any]] = {}
 
@@ -270,11 +268,7 @@ class _ScheduledRun:
         if action.kind is Kind.COMPUTE:
             self._compute(stage, action.mb, action.index, view)
         elif action.kind is Kind.SEND:
-            tensor = view.outbox.pop((action.peer, action.index), None)
-            if tensor is None:
-                raise ScheduleError(
-                    f"stage {stage}: {action} sends a value its segments have not produced yet"
-                )
+            tensor = view.take(action.peer, action.index, action)
             pieces = [tensor]
             if action.chunks > 1 and tensor.dim() > 0:
                 pieces = list(torch.tensor_split(tensor, action.chunks, dim=0))
@@ -284,10 +278,10 @@ class _ScheduledRun:
             value = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
             view.received[(action.peer, action.index)] = value
 
-    def _compute(self, stage: int, mb: int, segment: int, view: _StageView) -> None:
+    def _compute(self, stage: int, mb: int, segment: int, view: StageView) -> None:
         module = self.stages[stage]
         inputs = [self.inputs[mb][i] for i in module.input_indices]
-        if self.whole[stage] and len(module.shares) == 1:  # a loaded stage: its forward whole
+        if self.whole[stage] and len(module.shares) == 1:  # its forward, whole
             with use_transport(view):
                 self.outputs[(stage, mb)] = list(module.module(*inputs))
             return
@@ -304,16 +298,12 @@ class _ScheduledRun:
             view.outbox.update(sent)
             self.outputs[(stage, mb)] = outputs
             return
-        interpreter = self.interpreters.get((stage, mb))
-        if interpreter is None:
-            interpreter = torch.fx.Interpreter(self.graphs[stage], garbage_collect_values=False)
-            interpreter.args_iter = iter(inputs)
-            self.interpreters[(stage, mb)] = interpreter
-        nodes = self.segments[stage][segment]
+        program = self.programs[stage]
+        state = self.states.get((stage, mb))
+        if state is None:
+            state = self.states[(stage, mb)] = program.start(inputs)
         with use_transport(view):
-            for node in nodes:
-                interpreter.env[node] = interpreter.run_node(node)
-            if segment == len(self.segments[stage]) - 1:
-                (output,) = [n for n in self.graphs[stage].graph.nodes if n.op == "output"]
-                self.outputs[(stage, mb)] = list(interpreter.run_node(output))
-                del self.interpreters[(stage, mb)]
+            produced = program.run(state, segment)
+        if produced is not None:
+            self.outputs[(stage, mb)] = produced
+            del self.states[(stage, mb)]

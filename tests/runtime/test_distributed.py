@@ -96,3 +96,79 @@ def test_taken_port_is_a_clear_error():
         port = sock.getsockname()[1]
         with pytest.raises(RankFailedError, match=f"port {port} on 127.0.0.1 is taken"):
             _check_port(port)
+
+
+def test_ranks_execute_their_schedule_with_microbatches_and_chunks(tmp_path, monkeypatch):
+    """A three-stage plan whose schedule has 2 microbatches and chunked sends: every rank
+    executes its stage's actions, in the schedule's order for every request (the SENTs that
+    end a request run after the next request's first segment), the chunks are joined again
+    and the outputs are the model's."""
+    from dora_fx.schedule import Kind, Schedule
+
+    monkeypatch.setattr("dora_fx.schedule.CHUNK_BYTES", 256)
+    monkeypatch.setattr("dora_fx.passes.schedule_comm.CHUNK_BYTES", 256)
+    model, example = dora_fx.models.build("mlp", batch=6)
+    compiled = dora_fx.compile(
+        model, dora_fx.scenarios.smart_home(), example_inputs=example, num_stages=3,
+        microbatches=2,
+    )  # fmt: skip
+    schedule = compiled.state.schedule
+    assert schedule.microbatches == 2 and schedule.overlaps
+    assert any(a.chunks > 1 for s in schedule.stages for a in s.actions), "nothing is chunked"
+    requests = _requests(example, 3)
+    result = run_local(compiled.save(tmp_path / "mlp"), requests, emulate=False, timeout_s=30)
+    for request, output in zip(requests, result.outputs):
+        assert close(output, model(*request))
+    assert Schedule.from_text(result.schedule) == schedule and not result.notes
+    warmup = 3
+    for rank in result.ranks:
+        actions = [str(a) for a in schedule.stages[rank["stage"]].actions]
+        trace = [(r, text) for r, text, _, _ in rank["trace"]]
+        requests_seen = sorted({r for r, _ in trace})
+        assert requests_seen == list(range(warmup + len(requests)))
+        for r in requests_seen:  # each request: exactly its schedule, in order
+            assert [text for q, text in trace if q == r] == actions
+        # the warm-up's requests, then the stream's (each drains its SENTs at its end)
+        assert trace == _pipelined(actions, range(warmup)) + _pipelined(
+            actions, range(warmup, warmup + len(requests))
+        )
+        assert rank["microbatches"] == 2 and rank["contention"] == "critical-first"
+    # a chunked value arrives whole: the receiver logs one transfer of the full tensor
+    chunked = {(r.peer, r.index) for s in schedule.stages for r in s.actions
+               if r.kind is Kind.SEND and r.chunks > 1}
+    assert chunked
+    received = [t for r in result.ranks for t in r["received"] if t["tag"] in {tag for _, tag in chunked}]
+    assert received and {t["bytes"] for t in received} == {3 * 64 * 4}, received
+
+
+def test_a_run_with_another_microbatch_count_relowers_the_schedule(mlp2_plan):
+    model, example, folder = mlp2_plan
+    requests = _requests((torch.zeros(4, 64),), 2)
+    result = run_local(folder, requests, microbatches=4, emulate=False, timeout_s=30)
+    for request, output in zip(requests, result.outputs):
+        assert close(output, model(*request))
+    assert "microbatches=4" in result.schedule
+    assert any("relowered for 4 microbatch(es)" in n for n in result.notes)
+    from dora_fx.errors import InputError
+
+    with pytest.raises(InputError, match="fewer than the schedule's 4 microbatches"):
+        run_local(folder, [(torch.zeros(2, 64),)], microbatches=4, emulate=False)
+
+
+def _pipelined(actions, requests):
+    """The order a rank runs requests back to back: each request's list, its closing SENTs
+    (after its last segment) moved after the next request's first segment."""
+    last = max(i for i, a in enumerate(actions) if "F" in a)
+    closing = [i for i in range(last + 1, len(actions)) if "SENT" in actions[i]]
+    order, deferred = [], []
+    for r in requests:
+        flushed = not deferred
+        for i, text in enumerate(actions):
+            if i in closing:
+                continue
+            order.append((r, text))
+            if not flushed and "F" in text:
+                order += deferred
+                flushed = True
+        deferred = [(r, actions[i]) for i in closing]
+    return order + deferred

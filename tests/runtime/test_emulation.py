@@ -87,3 +87,58 @@ def test_allocations_are_not_priced():
         torch.empty(1000)
         torch.nn.functional.batch_norm(x, mean, var, training=False)  # empty + native_batch_norm
     assert len(recorder.ops) == 1
+
+
+def _race(tmp_path, policy):
+    """Two ranks' flows on one Wi-Fi medium: a bulk one (request 1) starts, a critical one
+    (request 0) joins 20 ms later; when each one's last bit left, from the start."""
+    from dora_fx.cost_models.network import Link, Medium, Network
+    from dora_fx.runtime.emulation import LinkShaper, resource_keys
+
+    network = Network(
+        "wifi", media=(Medium("air", "shared", contention_efficiency=0.5),),
+        links=tuple(Link(d, "air", 8e6, 8e6, 0.0) for d in "abcd"),
+    )  # fmt: skip
+    keys = resource_keys(network, list("abcd"))
+    ledgers = [MediumLedger(tmp_path / f"ledger_{policy}", keys) for _ in range(2)]
+    shapers = [LinkShaper(network, ledgers[i], 1.0, rank=i, policy=policy) for i in range(2)]
+    left: dict[str, float] = {}
+    start = time.monotonic()
+
+    def done(name):
+        return lambda: left.setdefault(name, time.monotonic() - start)
+
+    nbytes = 50_000  # 0.1 s of air alone
+    shapers[0].submit(2, "a", "c", nbytes, lambda: None, priority=(1, 0, -1), on_left=done("bulk"))
+    time.sleep(0.02)
+    shapers[1].submit(3, "b", "d", nbytes, lambda: None, priority=(0, 0, -1), on_left=done("critical"))
+    for shaper in shapers:
+        shaper.close(10.0)
+    for ledger in ledgers:
+        ledger.close()
+    return left, shapers[0].held_s
+
+
+def test_critical_first_sends_the_critical_flow_first(tmp_path):
+    left, held_s = _race(tmp_path, "critical-first")
+    assert left["critical"] < left["bulk"]
+    assert left["critical"] < 0.02 + 0.1 * 1.5  # about as fast as alone
+    assert left["bulk"] > 0.2 * 0.9 and held_s > 0.05  # the bulk flow waited, no air lost
+
+
+def test_fair_flows_share_the_medium_and_pay_for_contention(tmp_path):
+    left, held_s = _race(tmp_path, "fair")
+    assert left["critical"] > 0.02 + 0.1 * 1.5  # shared the air with the bulk flow
+    assert held_s == 0.0
+
+
+def test_registrations_of_more_critical_flows_hold_others_until_they_leave(tmp_path):
+    ledger = MediumLedger(tmp_path / "ledger", ["air:wifi", "up:x"])
+    assert ledger.register(1, (0, 0, -2), ["air:wifi"])
+    assert ledger.held_until(2, (1, 0, -1), ["air:wifi"]) is not None  # less critical
+    assert ledger.held_until(2, (1, 0, -1), ["up:x"]) is None  # another resource
+    assert ledger.held_until(3, (0, 0, -2), ["air:wifi"]) is None  # as critical: shares
+    assert ledger.held_until(3, (0, 0, -3), ["air:wifi"]) is None  # more critical
+    ledger.unregister(1)
+    assert ledger.held_until(2, (1, 0, -1), ["air:wifi"]) is None
+    ledger.close()
