@@ -21,7 +21,8 @@
    next to the cvxpy reference formulation measured in the same run.
 3. Emulated distributed run: two saved plans on disjoint smart_home devices, composed 50/50;
    a rank of one plan is killed mid-stream (the launcher's ``fault=``); the dispatcher
-   re-sends the unanswered request ids on the surviving plan. Every answer is compared with
+   re-sends the unanswered request ids on the surviving plan, whose ranks are already up (a
+   streaming session per plan, ``runtime.session``). Every answer is compared with
    the eager model's by request id; lost and duplicated ids are counted; the switch time is
    reported.
 
@@ -50,8 +51,8 @@ import dora_fx  # noqa: E402
 from dora_fx import QoE, models, scenarios  # noqa: E402
 from dora_fx.adapter import (  # noqa: E402
     Composer,
-    LauncherExecutor,
     MultiPlanDispatcher,
+    SessionExecutor,
     adapter_plans,
     apply,
     builtin_traces,
@@ -226,15 +227,23 @@ def distributed(requests: int, kill_item: int) -> dict[str, Any]:
             return composer.compose(composer.figures(now), load)
 
         print(composition.describe())
-        executor = LauncherExecutor(
-            folders,
+        # every plan's ranks start before the stream (a session each) and stay up: the
+        # re-sent requests go to a plan that is already serving
+        executor = SessionExecutor(
+            folders, example,
             faults={"plan-a": {"rank": 1, "item": kill_item, "kind": "kill"}},
             emulate=True, host=host, timeout_s=30,
         )  # fmt: skip
+        started = time.monotonic()
+        executor.start()
         dispatcher = MultiPlanDispatcher(
             {p: plan.devices for p, plan in plans.items()}, composition, executor, recompose
         )
-        result = dispatcher.run(stream)
+        try:
+            result = dispatcher.run(stream)
+        finally:
+            executor.close()
+        print(f"sessions started and stream served in {time.monotonic() - started:.1f} s")
     wrong = [
         rid for rid, out in result.outputs.items()
         if not torch.allclose(out, eager[rid], atol=1e-5, rtol=1e-4)
@@ -253,7 +262,7 @@ def distributed(requests: int, kill_item: int) -> dict[str, Any]:
         "switch_s": failure.get("switch_s"),
         "recovered_s": failure.get("recovered_s"),
         "recompose_ms": 1e3 * failure["decision_s"] if failure else None,
-        "runs": executor.runs,
+        "batches": executor.runs,
     }
     print(
         f"answers equal to eager by request id: {len(result.outputs) - len(wrong)}/{requests}; "

@@ -3,6 +3,8 @@ expected, what was found, where (node / stage / device / file), and what to do."
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "DoraError",
     "CaptureError",
@@ -66,4 +68,11 @@ class ProfileError(DoraError, ValueError):
 
 class RankFailedError(DoraError, RuntimeError):
     """A rank of a distributed run died, hung or failed; the message names the rank, its stage
-    and device, and what to do."""
+    and device, and what to do. ``answered``: request id -> outputs given before the failure
+    (filled by a streaming ``runtime.session.Session``)."""
+
+    answered: dict[int, Any]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.answered = {}

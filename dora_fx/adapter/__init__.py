@@ -19,6 +19,7 @@ from .dispatcher import (
     LauncherExecutor,
     MultiPlanDispatcher,
     PlanFailure,
+    SessionExecutor,
     WeightedRoundRobin,
 )
 from .monitor import Drift, Ewma, Monitor
@@ -43,6 +44,7 @@ __all__ = [
     "Event",
     "Ewma",
     "LauncherExecutor",
+    "SessionExecutor",
     "Monitor",
     "MultiPlanDispatcher",
     "PlanFailure",

@@ -13,13 +13,15 @@ device, re-composes over the survivors (``on_change``), and re-sends exactly the
 ids; a request id is answered once (a second answer is counted in ``duplicates`` and
 dropped), so the output stream has each id exactly once.
 
-``LauncherExecutor`` runs a saved plan folder per plan with the distributed launcher
-(``runtime.launch.run_local``: one process per device, gloo, emulation), all plans of a round
-side by side in threads.
+``SessionExecutor`` keeps every plan's ranks running (``runtime.session.Session``: one
+process per device, gloo, emulation) and streams requests to them, so a re-sent request goes
+to a plan that is already warm; ``LauncherExecutor`` instead runs each batch as one
+``runtime.launch.run_local`` (processes started per batch).
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 import time
@@ -38,6 +40,7 @@ __all__ = [
     "MultiPlanDispatcher",
     "DispatchResult",
     "LauncherExecutor",
+    "SessionExecutor",
 ]
 
 
@@ -144,67 +147,77 @@ class MultiPlanDispatcher:
             batches.setdefault(self.router.next(), []).append(rid)
         return batches
 
-    def run(self, requests: Mapping[int, Any], max_rounds: int = 8) -> DispatchResult:
+    def run(self, requests: Mapping[int, Any], max_failures: int = 8) -> DispatchResult:
         """Serve every request exactly once (by id), re-sending what a failed plan left.
 
-        A failure's ``switch_s`` runs from the moment the executor reported it to the first
-        answer of a plan that took re-sent requests, ``recovered_s`` to the last."""
+        Plans run side by side (a thread per batch); a failure is handled the moment it is
+        reported: re-compose, then route its unanswered requests to the survivors at once,
+        while the other plans go on. A failure's ``switch_s`` runs from that report to the
+        first answer to a re-sent request, ``recovered_s`` to the last (an executor that
+        streams answers, ``streams_answers``, times each one; others, their batch)."""
         started = time.monotonic()
         result = DispatchResult({}, {}, compositions=[self.composition])
-        pending = list(requests)
-        open_failures: list[dict[str, Any]] = []
-        while pending and result.rounds < max_rounds:
+        events: queue.Queue[tuple[str, list[int], dict[int, Any], PlanFailure | None]] = (
+            queue.Queue()
+        )
+        answered_at: dict[int, float] = {}
+        active = self._launch(self.route(list(requests)), requests, events, answered_at)
+        result.rounds = 1
+        resent_by: list[tuple[dict[str, Any], set[int]]] = []
+        while active:
+            plan, ids, answers, failure = events.get()
+            active -= 1
+            now = time.monotonic()
+            for rid, output in answers.items():
+                answered_at.setdefault(rid, now)
+                self._answer(result, rid, plan, output)
+            if failure is None:
+                continue
+            if len(result.failures) >= max_failures:
+                raise DoraError(
+                    f"{failure}; gave up after {max_failures} plan failures"
+                ) from failure
+            unanswered = [rid for rid in ids if rid not in result.outputs]
+            record = self._fail_over(failure, plan, unanswered, result)
+            resent_by.append((record, set(unanswered)))
+            active += self._launch(self.route(unanswered), requests, events, answered_at)
             result.rounds += 1
-            resent = set(pending) if open_failures else set()
-            batches = self.route(pending)
-            outcomes = self._run_round(batches, requests)
-            pending = []
-            finished = [
-                done for plan, (_, _, done) in outcomes.items() if resent & set(batches[plan])
-            ]
-            for f in open_failures:
-                if finished:
-                    f["switch_s"] = min(finished) - f["failed_at"]
-                    f["recovered_s"] = max(finished) - f["failed_at"]
-            open_failures = []
-            for plan, (answers, failure, done) in outcomes.items():
-                for rid, output in answers.items():
-                    self._answer(result, rid, plan, output)
-                if failure is None:
-                    continue
-                unanswered = [rid for rid in batches[plan] if rid not in result.outputs]
-                self.dead = self.dead | set(failure.devices)
-                decided = time.monotonic()
-                composition = self.recompose(self.dead)
-                decision_s = time.monotonic() - decided
-                if not composition.used:
-                    raise DoraError(
-                        f"{failure}; no plan of the set survives without "
-                        f"{sorted(self.dead)}: {len(unanswered)} request(s) cannot be re-sent "
-                        f"({composition.excluded})"
-                    ) from failure
-                self.switch(composition)
-                result.compositions.append(composition)
-                pending += unanswered
-                result.resent += unanswered
-                record = {
-                    "plan": plan,
-                    "devices": list(failure.devices),
-                    "message": str(failure),
-                    "unanswered": len(unanswered),
-                    "resent_on": sorted(composition.used),
-                    "decision_s": decision_s,
-                    "failed_at": done,
-                }
-                result.failures.append(record)
-                open_failures.append(record)
+        for record, resent in resent_by:
+            failed_at = record.pop("failed_at")
+            times = [answered_at[rid] - failed_at for rid in resent if rid in answered_at]
+            record["switch_s"] = min(times, default=float("nan"))
+            record["recovered_s"] = max(times, default=float("nan"))
         result.lost = [rid for rid in requests if rid not in result.outputs]
         result.wall_s = time.monotonic() - started
-        for f in result.failures:
-            f.pop("failed_at", None)
-            f.setdefault("switch_s", float("nan"))
-            f.setdefault("recovered_s", float("nan"))
         return result
+
+    def _fail_over(
+        self, failure: PlanFailure, plan: str, unanswered: list[int], result: DispatchResult
+    ) -> dict[str, Any]:
+        """Drop the lost devices, re-compose over the survivors; the failure's record."""
+        failed_at = time.monotonic()
+        self.dead = self.dead | set(failure.devices)
+        composition = self.recompose(self.dead)
+        decision_s = time.monotonic() - failed_at
+        if not composition.used:
+            raise DoraError(
+                f"{failure}; no plan of the set survives without {sorted(self.dead)}: "
+                f"{len(unanswered)} request(s) cannot be re-sent ({composition.excluded})"
+            ) from failure
+        self.switch(composition)
+        result.compositions.append(composition)
+        result.resent += unanswered
+        record = {
+            "plan": plan,
+            "devices": list(failure.devices),
+            "message": str(failure),
+            "unanswered": len(unanswered),
+            "resent_on": sorted(composition.used),
+            "decision_s": decision_s,
+            "failed_at": failed_at,
+        }
+        result.failures.append(record)
+        return record
 
     def _answer(self, result: DispatchResult, rid: int, plan: str, output: Any) -> None:
         if rid in result.outputs:
@@ -213,35 +226,34 @@ class MultiPlanDispatcher:
         result.outputs[rid] = output
         result.served_by[rid] = plan
 
-    def _run_round(
+    def _launch(
         self,
         batches: Mapping[str, list[int]],
         requests: Mapping[int, Any],
-    ) -> dict[str, tuple[dict[int, Any], PlanFailure | None, float]]:
-        """Run every plan's batch side by side (one thread per plan); each outcome carries
-        the answers, the failure if any, and when the plan finished or failed."""
-        outcomes: dict[str, tuple[dict[int, Any], PlanFailure | None, float]] = {}
-        lock = threading.Lock()
+        events: queue.Queue[tuple[str, list[int], dict[int, Any], PlanFailure | None]],
+        answered_at: dict[int, float],
+    ) -> int:
+        """Start a thread per plan's batch; each puts (plan, ids, answers, failure) on
+        ``events`` when it ends. Returns how many were started."""
+        streams = getattr(self.executor, "streams_answers", False)
+
+        def stamp(rid: int, _output: Any) -> None:
+            answered_at.setdefault(rid, time.monotonic())
 
         def work(plan: str, ids: list[int]) -> None:
+            items = [(rid, requests[rid]) for rid in ids]
             try:
-                answers = self.executor.run(plan, [(rid, requests[rid]) for rid in ids])
-                outcome: tuple[dict[int, Any], PlanFailure | None, float] = (
-                    answers,
-                    None,
-                    time.monotonic(),
-                )
+                if streams:
+                    answers = self.executor.run(plan, items, on_answer=stamp)  # type: ignore[call-arg]
+                else:
+                    answers = self.executor.run(plan, items)
+                events.put((plan, ids, answers, None))
             except PlanFailure as failure:
-                outcome = (failure.answered, failure, time.monotonic())
-            with lock:
-                outcomes[plan] = outcome
+                events.put((plan, ids, failure.answered, failure))
 
-        threads = [threading.Thread(target=work, args=item) for item in batches.items()]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return outcomes
+        for plan, ids in batches.items():
+            threading.Thread(target=work, args=(plan, ids), daemon=True).start()
+        return len(batches)
 
 
 _DEVICE = re.compile(r"on device '([^']+)'")
@@ -302,3 +314,69 @@ class LauncherExecutor:
                 f"{len(items)} requests"
             )
         return {rid: out for (rid, _), out in zip(items, result.outputs, strict=True)}
+
+
+class SessionExecutor:
+    """Every plan served by a streaming session (``runtime.session.Session``) that stays up
+    across batches; answers stream back as they are written (``streams_answers``).
+
+    ``example``: one request, for the sessions' warm-up; ``faults``: plan -> the launcher's
+    ``fault=`` option for that plan's session; ``options``: ``Session``/``run_local``
+    keywords. ``start()`` starts every session (otherwise each starts on first use);
+    ``close()`` ends them.
+    """
+
+    streams_answers = True
+
+    def __init__(
+        self,
+        folders: Mapping[str, str | Path],
+        example: Any,
+        faults: Mapping[str, dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
+        self.folders = {p: Path(f) for p, f in folders.items()}
+        self.example, self.faults, self.options = example, dict(faults or {}), options
+        self.sessions: dict[str, Any] = {}
+        self.runs: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for plan in self.folders:
+            self._session(plan)
+
+    def _session(self, plan: str) -> Any:
+        from ..runtime.session import Session
+
+        with self._lock:
+            if plan not in self.sessions:
+                fault = self.faults.get(plan)
+                self.sessions[plan] = Session(
+                    self.folders[plan], self.example, fault=fault, **self.options
+                )
+            return self.sessions[plan]
+
+    def run(
+        self,
+        plan: str,
+        items: Sequence[tuple[int, Any]],
+        on_answer: Callable[[int, Any], None] | None = None,
+    ) -> dict[int, Any]:
+        session = self._session(plan)
+        started = time.monotonic()
+        session.submit(items)
+        ids = [rid for rid, _ in items]
+        try:
+            answers = session.wait(ids, on_answer=on_answer)
+        except RankFailedError as exc:
+            self.runs.append({"plan": plan, "items": len(items), "failed": True,
+                              "wall_s": time.monotonic() - started})  # fmt: skip
+            devices = _DEVICE.findall(str(exc))[:1] or ["?"]
+            raise PlanFailure(plan, devices, str(exc), exc.answered) from exc
+        self.runs.append({"plan": plan, "items": len(items), "failed": False,
+                          "wall_s": time.monotonic() - started})  # fmt: skip
+        return answers
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +83,7 @@ class RunConfig:
     threads: int = 1
     keep_outputs: bool = True
     fault: dict[str, Any] | None = None
+    inbox_dir: str | None = None  # a streaming session (``runtime.session``)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -169,6 +171,8 @@ class _Driver:
         self._clocks = self._stream_clocks = (0.0, 0.0, 0.0)
         self.warmup_cpu_item_s, self.inflation = 0.0, 1.0
         self._stream_start = 0  # index of the stream's first CPU sample
+        self._fault_offset = 0  # requests streamed in earlier rounds (sessions)
+        self._answer: Any = None  # rank 0 of a session: (request index, outputs) -> None
         self._stream_t0 = 0.0
 
     def run(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
@@ -187,7 +191,41 @@ class _Driver:
         self.runner.stretch = ComputeStretch(self.runner.stretch.factor)
         self.items, self.first_request = 0, warmup
         self._stream_start = len(self._cpu_samples)
+        if config.inbox_dir:
+            return self._session(warmup)
         return self._stream(requests, range(warmup, warmup + total))
+
+    def _session(self, first: int) -> dict[str, Any] | None:
+        """Serve the inbox in rounds until the launcher ends the session (``runtime.session``):
+        rank 0 announces each round's size, then every rank runs it as one stream."""
+        from .session import Inbox, write_answer
+
+        assert self.config.inbox_dir is not None
+        inbox = Inbox(self.config.inbox_dir) if self.me.rank == 0 else None
+        outbox = str(Path(self.config.inbox_dir).parent / "outbox")
+        ids: dict[int, int] = {}  # request index -> request id
+        if self.me.rank == 0:
+            self._answer = lambda r, outputs: write_answer(outbox, ids[r], outputs)
+        latency_s: list[float] = []
+        start = first
+        while True:
+            taken = inbox.take() if inbox is not None else []
+            count = [-1 if taken is None else len(taken)]
+            dist.broadcast_object_list(count, src=0, group=self.control)
+            if count[0] < 0:
+                break
+            if count[0] == 0:
+                continue
+            ids.update({start + k: rid for k, (rid, _) in enumerate(taken or [])})
+            result = self._stream([flat for _, flat in taken or []], range(start, start + count[0]))
+            self._fault_offset += count[0]
+            start += count[0]
+            if result is not None:
+                latency_s += result["latency_s"]
+        if self.me.rank != 0:
+            return None
+        return {"outputs": [], "latency_s": latency_s, "span_s": 0.0, "throughput_rps": 0.0,
+                "time_scale": self.time_scale, "schedule": self.schedule.to_text()}  # fmt: skip
 
     def _serve(self, requests: list[list[Any]], count: int) -> list[Any]:
         """Warm-up: every rank runs its actions for ``count`` requests, rank 0 feeding them
@@ -329,7 +367,11 @@ class _Driver:
         """Inject the configured fault before the ``k``-th request of the stream if it holds
         the faulty item."""
         fault = self.config.fault or {}
-        if fault.get("rank") == self.me.rank and k * self.m <= fault.get("item", -1) < (k + 1) * self.m:
+        k += self._fault_offset
+        if (
+            fault.get("rank") == self.me.rank
+            and k * self.m <= fault.get("item", -1) < (k + 1) * self.m
+        ):
             _inject(fault)
 
     def _stream_requests(self, requests: list[list[Any]], indices: range) -> dict[str, Any] | None:
@@ -379,6 +421,8 @@ class _Driver:
             outputs.append(
                 pieces[0] if batch_dim is None or len(pieces) == 1 else torch.cat(pieces, batch_dim)
             )
+        if self._answer is not None:
+            self._answer(request, outputs)
         return (outputs if self.config.keep_outputs else []), arrived
 
     def _result(self, released: list[float], done: list[tuple[list[Any], float]]) -> dict[str, Any]:
@@ -429,12 +473,16 @@ class _Driver:
             # every executed action: request, action, start and end in device seconds from
             # the stream's start (the warm-up's are negative)
             "trace": [
-                (r, text, (a - t0) / scale, (b - t0) / scale)
-                for r, text, a, b in self.runner.trace
+                (r, text, (a - t0) / scale, (b - t0) / scale) for r, text, a, b in self.runner.trace
             ],
             "received": [
-                {"src": src, "item": item, "tag": tag, "bytes": nbytes,
-                 "seconds": (arrived - sent) / scale}
+                {
+                    "src": src,
+                    "item": item,
+                    "tag": tag,
+                    "bytes": nbytes,
+                    "seconds": (arrived - sent) / scale,
+                }
                 for src, item, tag, nbytes, sent, arrived in self.transport.transfers
                 if item >= first_item
             ],

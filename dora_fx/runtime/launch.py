@@ -197,25 +197,12 @@ def run_local(
     if port:
         _check_port(port)
     with tempfile.TemporaryDirectory(prefix="dora_run_") as run_dir:
-        config = RunConfig(
-            plan_dir=str(plan_dir.resolve()),
-            requests_path=os.path.join(run_dir, "requests.pt"),
-            result_path=os.path.join(run_dir, "result.pt"),
-            progress_path=os.path.join(run_dir, "progress"),
-            microbatches=microbatches,
-            in_flight=in_flight,
-            rate_rps=rate_rps,
-            warmup=warmup,
-            timeout_s=timeout_s,
-            emulate=emulate,
-            time_scale=time_scale,
-            host=host_device(host).to_json() if emulate else None,
-            compute_reference=compute_reference,
-            ledger_path=os.path.join(run_dir, "ledger"),
-            threads=threads,
-            keep_outputs=keep_outputs,
-            fault=fault,
-        )
+        config = run_config(
+            plan_dir, run_dir, microbatches=microbatches, in_flight=in_flight,
+            rate_rps=rate_rps, warmup=warmup, timeout_s=timeout_s, emulate=emulate,
+            time_scale=time_scale, host=host, compute_reference=compute_reference,
+            threads=threads, keep_outputs=keep_outputs, fault=fault,
+        )  # fmt: skip
         torch.save(flat_requests, config.requests_path)
         started = time.monotonic()
         _spawn_and_wait(config, manifest, run_dir, port or free_port(), progress)
@@ -231,6 +218,28 @@ def run_local(
         emulated=emulate,
         notes=notes,
         schedule=raw.get("schedule", ""),
+    )
+
+
+def run_config(
+    plan_dir: str | Path,
+    run_dir: str,
+    *,
+    emulate: bool = True,
+    host: Device | str | Path | None = None,
+    **options: Any,
+) -> RunConfig:
+    """The ``RunConfig`` of a run of ``plan_dir`` whose files live in ``run_dir``; ``options``
+    are ``RunConfig`` fields (``run_local``'s keywords)."""
+    return RunConfig(
+        plan_dir=str(Path(plan_dir).resolve()),
+        requests_path=os.path.join(run_dir, "requests.pt"),
+        result_path=os.path.join(run_dir, "result.pt"),
+        progress_path=os.path.join(run_dir, "progress"),
+        ledger_path=os.path.join(run_dir, "ledger"),
+        emulate=emulate,
+        host=host_device(host).to_json() if emulate else None,
+        **options,
     )
 
 

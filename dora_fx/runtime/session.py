@@ -1,0 +1,183 @@
+"""Streaming sessions: a saved plan's ranks stay up and serve requests as they come.
+
+``run_local`` starts one process per device, serves a fixed list of requests and ends; a
+*session* starts them once and keeps them serving, so a dispatcher can move requests onto a
+plan that is already running (re-sending after a device loss then costs the serving time,
+not a process start and a warm-up).
+
+The launcher and rank 0 talk through two folders of the run directory:
+
+* ``inbox/``: the launcher drops ``SEQ.pt`` files, each ``(request_id, flat_inputs)``
+  (written to a temporary name and renamed, so rank 0 never reads half a file), and a file
+  named ``end`` to stop the session;
+* ``outbox/``: rank 0 writes ``REQUEST_ID.pt`` (the request's flat outputs) as soon as the
+  request is answered, renamed into place the same way.
+
+Rank 0 drains the inbox in *rounds*: it tells every rank over the control group how many
+requests the round has (0: nothing yet, a heartbeat every ``HEARTBEAT_S``; -1: the end),
+then all run them as one stream (``distributed_driver``). A failed rank ends the session
+with ``RankFailedError``; the answers written before stay readable (``Session.answers``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from ..errors import RankFailedError
+
+__all__ = ["Session", "Inbox", "write_answer", "HEARTBEAT_S"]
+
+HEARTBEAT_S = 1.0  # rank 0 announces an empty round at least this often when idle
+_POLL_S = 0.002
+
+
+def _atomic_save(value: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(value, tmp)
+    os.replace(tmp, path)
+
+
+class Inbox:
+    """Rank 0's side of the inbox: take what has arrived, in submission order."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._next = 0
+
+    def take(self, wait_s: float = HEARTBEAT_S) -> list[tuple[int, list[Any]]] | None:
+        """The requests submitted since the last call (waiting up to ``wait_s`` for one);
+        None once the launcher asked to end and everything before was taken."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            found = []
+            while (path := self.folder / f"{self._next:08d}.pt").exists():
+                found.append(torch.load(path, weights_only=True))
+                path.unlink()
+                self._next += 1
+            if found:
+                return [(int(rid), flat) for rid, flat in found]
+            if (self.folder / "end").exists():
+                return None
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(_POLL_S)
+
+
+def write_answer(outbox: str | Path, request_id: int, outputs: list[Any]) -> None:
+    _atomic_save(outputs, Path(outbox, f"{request_id}.pt"))
+
+
+class Session:
+    """One saved plan served by its ranks until ``close()`` (see the module docstring).
+
+    ``example``: one request as the model is called (``run_local``'s form), used for the
+    warm-up; ``options``: ``run_local``'s keywords (``emulate``, ``host``, ``timeout_s``,
+    ``fault``, ...).
+    """
+
+    def __init__(self, plan_dir: str | Path, example: Any, **options: Any) -> None:
+        from ..serialize import _load_spec, _read_manifest
+        from .launch import _args_kwargs, run_config
+        from .local import flatten_inputs
+
+        manifest = _read_manifest(Path(plan_dir))
+        self._in_spec = _load_spec(manifest["in_spec"])
+        self._out_spec = _load_spec(manifest["out_spec"])
+        self._dir = tempfile.TemporaryDirectory(prefix="dora_session_")
+        run_dir = Path(self._dir.name)
+        self.inbox, self.outbox = run_dir / "inbox", run_dir / "outbox"
+        self.inbox.mkdir()
+        self.outbox.mkdir()
+        warmup = options.pop("warmup", 3)
+        flat = flatten_inputs(*_args_kwargs(example), self._in_spec)
+        config = run_config(plan_dir, str(run_dir), warmup=warmup, **options)
+        config.inbox_dir = str(self.inbox)
+        torch.save([flat] * max(warmup, 1), config.requests_path)
+        self._submitted = 0
+        self._submit_lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._serve, args=(config, manifest, str(run_dir)), daemon=True,
+            name=f"dora-session-{Path(plan_dir).name}",
+        )  # fmt: skip
+        self._thread.start()
+
+    def _serve(self, config: Any, manifest: dict[str, Any], run_dir: str) -> None:
+        from .launch import _spawn_and_wait, free_port
+
+        try:
+            _spawn_and_wait(config, manifest, run_dir, free_port(), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+            self.error = exc
+
+    def submit(self, items: Sequence[tuple[int, Any]]) -> None:
+        """Queue ``(request_id, request)`` pairs (the request as the model is called)."""
+        from .launch import _args_kwargs
+        from .local import flatten_inputs
+
+        flats = [(rid, flatten_inputs(*_args_kwargs(r), self._in_spec)) for rid, r in items]
+        with self._submit_lock:  # sequence numbers in order, whoever submits
+            for rid, flat in flats:
+                _atomic_save((rid, flat), self.inbox / f"{self._submitted:08d}.pt")
+                self._submitted += 1
+
+    def answers(self, request_ids: Sequence[int]) -> dict[int, Any]:
+        """The answers written so far among ``request_ids``."""
+        out = {}
+        for rid in request_ids:
+            path = self.outbox / f"{rid}.pt"
+            if path.exists():
+                out[rid] = pytree.tree_unflatten(
+                    torch.load(path, weights_only=True), self._out_spec
+                )
+        return out
+
+    def wait(
+        self,
+        request_ids: Sequence[int],
+        timeout_s: float = 600.0,
+        on_answer: Callable[[int, Any], None] | None = None,
+    ) -> dict[int, Any]:
+        """Block until every id in ``request_ids`` is answered (``on_answer(id, outputs)`` as
+        each arrives); raise the session's ``RankFailedError`` if it fails first
+        (``exc.answered``: the answers it gave)."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(request_ids)
+        while pending:
+            done = {rid for rid in pending if (self.outbox / f"{rid}.pt").exists()}
+            pending -= done
+            if on_answer is not None:
+                for rid, outputs in self.answers(sorted(done)).items():
+                    on_answer(rid, outputs)
+            if not pending:
+                break
+            if self.error is not None or not self._thread.is_alive():
+                error = self.error or RankFailedError("the session ended before answering")
+                if isinstance(error, RankFailedError):
+                    error.answered = self.answers(request_ids)
+                raise error
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} request(s) unanswered after {timeout_s} s")
+            time.sleep(_POLL_S)
+        return self.answers(request_ids)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Ask the ranks to finish and wait for them; the session's folder is removed."""
+        (self.inbox / "end").touch()
+        self._thread.join(timeout_s)
+        self._dir.cleanup()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
