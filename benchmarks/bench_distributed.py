@@ -5,8 +5,9 @@
 1. Emulated link: one flow over a switched link of B bytes/s; the receiver times each transfer.
 2. Shared medium: two flows from two processes at once through one emulated Wi-Fi AP; each
    flow's share of what the medium carried.
-3. Prediction: models x scenarios run emulated (one process per device); measured latency and
-   throughput against the simulator's (``dora_fx.sim.simulate``) for the same plan and load.
+3. Prediction: models x scenarios run emulated (one process per device, each executing its
+   stage's schedule); measured latency and throughput against the simulator's for the same
+   plan, schedule (microbatches, overlap, contention) and load (``compiled.simulate``).
 4. Peer: on emulated smart_home, torch.distributed.pipelining (evenly spaced SplitPoints,
    ScheduleGPipe) vs Dora's plan, same emulation; throughputs, latencies and their ratio.
 
@@ -86,7 +87,9 @@ def link_check(work: Path, host: dora_fx.Device, requests: int) -> dict[str, flo
     )  # fmt: skip
     cluster = dora_fx.Cluster((_fast("a"), _fast("b")), network, name="link")
     folder = work / "link"
-    dora_fx.compile(Fanout(), cluster, example_inputs=(torch.randn(4, 16),), num_stages=2).save(folder)
+    dora_fx.compile(
+        Fanout(), cluster, example_inputs=(torch.randn(4, 16),), num_stages=2, microbatches=1
+    ).save(folder)  # one message per request: the link's rate is measured per transfer
     result = run_local(
         folder, [(torch.randn(4, 16),)] * requests, emulate=True, host=host, time_scale=1.0,
         in_flight=1, keep_outputs=False,
@@ -112,7 +115,9 @@ def medium_check(work: Path, host: dora_fx.Device, requests: int) -> dict[str, A
     )  # fmt: skip
     cluster = dora_fx.Cluster(tuple(_fast(d) for d in devices), network, name="medium")
     folder = work / "medium"
-    compiled = dora_fx.compile(Fanout(), cluster, example_inputs=(torch.randn(4, 16),), num_stages=2)
+    compiled = dora_fx.compile(
+        Fanout(), cluster, example_inputs=(torch.randn(4, 16),), num_stages=2, microbatches=1
+    )
     data_parallel(compiled.save(folder), {0: (["a", "b"], [0.5, 0.5]), 1: (["c", "d"], [0.5, 0.5])})
     result = run_local(
         folder, [(torch.randn(4, 16),)] * requests, emulate=True, host=host, time_scale=1.0,
@@ -143,7 +148,7 @@ def prediction_check(
 ) -> list[dict[str, Any]]:
     """Each (model, scenario, stages): compile, run emulated, simulate the same plan and load."""
     from dora_fx import models
-    from dora_fx.sim import SimConfig, simulate
+    from dora_fx.sim import SimConfig
 
     rows = []
     for model_name, scenario, stages in cases:
@@ -160,7 +165,8 @@ def prediction_check(
         )  # fmt: skip
         problem = compiled.state.problem
         assert problem is not None and problem.batch == batch
-        sim = simulate(compiled.plan, problem, SimConfig(requests=requests, concurrency=in_flight))
+        # the schedule the ranks executed: its microbatches, overlap and contention policy
+        sim = compiled.simulate(SimConfig(requests=requests, concurrency=in_flight))
         rows.append({
             "model": model_name, "scenario": scenario, "plan": compiled.plan.to_text(),
             "measured_latency_s": result.latency_p50_s, "sim_latency_s": sim.latency_p50_s,
@@ -168,6 +174,7 @@ def prediction_check(
             "latency_error": _relative_error(result.latency_p50_s, sim.latency_p50_s),
             "throughput_error": _relative_error(result.throughput_rps, sim.throughput_rps),
             "time_scale": result.time_scale,
+            "schedule": compiled.state.schedule.header() if compiled.state.schedule else "",
             "busy": [(r["device"], r["busy_s"] / requests, r["predicted_item_s"]) for r in result.ranks],
             "sim_busy": {d: b / requests for d, b in sim.busy_s.items()},
         })  # fmt: skip
@@ -179,6 +186,7 @@ def prediction_check(
               f"{r['measured_latency_s'] * 1e3:>8.2f} {r['sim_latency_s'] * 1e3:>8.2f} "
               f"{r['latency_error']:>6.1%} {r['measured_throughput_rps']:>8.1f} "
               f"{r['sim_throughput_rps']:>8.1f} {r['throughput_error']:>6.1%}")  # fmt: skip
+        print(f"    {r['schedule']}")
         for device, busy, predicted in r["busy"]:
             print(f"    {device:<12} busy/request {busy * 1e3:8.3f} ms   runtime-predicted "
                   f"{predicted * 1e3:8.3f} ms   simulator {r['sim_busy'].get(device, 0) * 1e3:8.3f} ms")  # fmt: skip

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from .passes.partition import BALANCED_FLOPS
 from .sim import SimConfig
 from .sim.explain import predicted_lines
-from .sim.scheduled import schedule_config
+from .sim.scheduled import simulate_schedule
 
 
 def adapter_for(plans: Sequence[Plan], problem: Problem) -> Adapter:
@@ -80,9 +80,10 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
         config = SimConfig(
             requests=200, request_rate_rps=state.qoe.request_rate_rps, record_timeline=False
         )
-        if state.schedule is not None:  # predict what will run: its microbatches and overlap
-            config = schedule_config(state.schedule, config)
-        lines += ["", *predicted_lines(plan, state.problem, config)]
+        if state.schedule is not None:  # predict what will run: the schedule, simulated
+            lines += ["", *_scheduled_lines(state, config)]
+        else:
+            lines += ["", *predicted_lines(plan, state.problem, config)]
     if state.plan_set is not None:
         lines += ["", state.plan_set.describe()]
         if state.qoe.request_rate_rps is not None and state.problem is not None:
@@ -90,6 +91,41 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
             lines.append(adapter_for(state.plan_set.plans, state.problem).explain())
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def _scheduled_lines(state: CompileState, config: SimConfig) -> list[str]:
+    """The predicted block for a plan with its schedule: the schedule simulated under the QoE's
+    load (``sim.scheduled``), its idle-cluster figures (the plan's reported ones) and the
+    analytic ones."""
+    from .evaluate import evaluate
+
+    assert state.plan is not None and state.problem is not None and state.schedule is not None
+    choice, schedule = state.schedule_choice, state.schedule
+    result = simulate_schedule(schedule, state.plan, state.problem, config)
+    analytic = evaluate(state.plan, state.problem, microbatches=schedule.microbatches)
+    load = "closed loop" if config.request_rate_rps is None else f"{config.request_rate_rps:g} req/s"
+    idle = [] if choice is None or choice.metrics is None else [
+        f"  the plan's figures under its schedule: latency {choice.metrics.latency_s * 1e3:.2f} ms "
+        f"(one request, idle cluster), throughput {choice.metrics.throughput_rps:.4g} req/s "
+        f"(pipeline full), energy {choice.metrics.energy_j:.4g} J/request"
+    ]  # fmt: skip
+    lines = [
+        f"predicted ({config.requests} simulated requests, {load}, {schedule.header()}):",
+        f"  latency   p50 {result.latency_p50_s * 1e3:.2f} ms, p95 {result.latency_p95_s * 1e3:.2f} ms "
+        f"(analytic, idle cluster: {analytic.latency_s * 1e3:.2f} ms)",
+        f"  throughput {result.throughput_rps:.4g} req/s (analytic capacity "
+        f"{analytic.throughput_rps:.4g} req/s, bottleneck {analytic.bottleneck})",
+        f"  energy    {result.energy_j:.4g} J/request (analytic {analytic.energy_j:.4g} J)",
+        *idle,
+    ]
+    util = result.utilization
+    for device in result.busy_s:
+        limit = state.problem.cluster.device(device).memory_bytes
+        lines.append(
+            f"  {device:<14} util {util[device]:6.1%}  peak memory "
+            f"{result.peak_memory_bytes[device] / 2**20:8.1f} MiB of {limit / 2**30:.1f} GiB"
+        )
+    return lines
 
 
 def _mb(n_bytes: float) -> str:

@@ -8,7 +8,8 @@
     partition       Problem          -> PlanSet     (pure: planner.solve; QoE-aware, certified gap)
     insert_comm     GraphModule+Plan -> one GraphModule per stage with send/recv nodes
     schedule_comm   stage graphs     -> reordered for overlap + Schedule (actions per stage,
-                                        microbatches chosen by simulating the plan)
+                                        microbatches chosen by simulating the plan; the
+                                        plan's predicted figures become the schedule's)
     codegen         stage graphs     -> readable standalone Python per stage, schedule shown
 
 With ``DORA_DEBUG=1`` the verifier runs after every pass and each pass's graphs are written to
@@ -118,7 +119,7 @@ def _insert_comm(state: CompileState) -> None:
 
 def _schedule_comm(state: CompileState) -> None:
     assert state.captured is not None and state.plan is not None
-    state.schedule_choice = schedule_comm(
+    choice = schedule_comm(
         [p.gm for p in state.programs],
         state.plan,
         state.problem,
@@ -126,6 +127,11 @@ def _schedule_comm(state: CompileState) -> None:
         dynamic_batch="batch" in state.captured.symbols.values(),
         microbatches=state.microbatches,
     )
+    state.schedule_choice = choice
+    if state.plan_set is not None and choice.metrics is not None:
+        # the planner's figures for the chosen plan become those of the schedule it runs
+        state.plan_set = state.plan_set.with_schedule(choice.metrics, choice.schedule.header())
+        state.plan = state.plan_set.best
 
 
 def _codegen(state: CompileState) -> None:

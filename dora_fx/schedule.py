@@ -165,6 +165,13 @@ class Schedule:
             raise ScheduleError(f"microbatches must be >= 1, got {self.microbatches}")
 
     @property
+    def pipelined(self) -> bool:
+        """Whether sends stay in flight while the stage computes on: the ``overlap`` lowering,
+        whose SENTs come a microbatch late, and whose closing SENTs a runtime that runs
+        requests back to back executes after the next request's first segment."""
+        return self.policy == "overlap"
+
+    @property
     def overlaps(self) -> bool:
         """Whether some send is left in flight while the stage goes on (not waited at once)."""
         for stage in self.stages:

@@ -324,3 +324,58 @@ def test_a_loaded_stage_runs_segment_by_segment_from_its_source(tmp_path, monkey
         segmented = loaded(*inputs)
     torch.testing.assert_close(segmented, whole, rtol=0, atol=0)
     torch.testing.assert_close(segmented, model(*inputs))
+
+
+# -- the planner's figures are the schedule's ---------------------------------------------
+
+
+def test_the_chosen_plan_reports_its_schedules_simulated_figures():
+    """planner and scheduler agree: the chosen plan's predicted figures are those of the
+    schedule compile chose, simulated; the analytic ones stay beside them."""
+    from dora_fx.sim import SimConfig
+    from dora_fx.sim.scheduled import simulate_schedule
+
+    model, inputs = build("gpt2", batch=4)
+    qoe = dora_fx.QoE(batch=4, objective="throughput")
+    compiled = dora_fx.compile(model, dora_fx.scenarios.smart_home(), qoe, example_inputs=inputs)
+    state, plan = compiled.state, compiled.plan
+    assert len(plan.stages) > 1 and state.plan_set.best is plan
+    schedule = state.schedule
+    idle = simulate_schedule(schedule, plan, state.problem, SimConfig(requests=1))
+    assert plan.predicted["latency_s"] == pytest.approx(idle.latencies_s[0], rel=1e-9)
+    assert plan.predicted["latency_s"] == pytest.approx(
+        compiled.simulate(SimConfig(requests=1)).latencies_s[0], rel=1e-9
+    )
+    # throughput: the schedule's simulated steady state with the pipeline full
+    full = simulate_schedule(schedule, plan, state.problem, SimConfig(requests=64, concurrency=16))
+    assert plan.predicted["throughput_rps"] == pytest.approx(full.throughput_rps, rel=0.1)
+    assert plan.predicted["energy_j"] == pytest.approx(idle.energy_j, rel=1e-9)
+    analytic = state.plan_set.metrics[0]
+    assert plan.predicted["analytic_latency_s"] == analytic.latency_s
+    assert state.plan_set.scheduled.latency_s == plan.predicted["latency_s"]
+    assert "under its policy=overlap" in state.plan_set.describe()
+    assert "the plan's figures under its schedule" in compiled.explain()
+
+
+def test_the_microbatch_count_serves_the_objective():
+    """Under a throughput objective the count of best simulated throughput is chosen, not the
+    one of least latency."""
+    from dora_fx.passes.schedule_comm import choose_schedule, plan_steps
+    from dora_fx.sim.scheduled import schedule_metrics
+
+    model, inputs = build("gpt2", batch=4)
+    compiled = dora_fx.compile(model, dora_fx.scenarios.smart_home(), dora_fx.QoE(batch=4),
+                               example_inputs=inputs, num_stages=3)
+    state = compiled.state
+    steps = plan_steps([p.gm.graph for p in state.programs], state.plan)
+    problem = state.problem
+    for objective, figure in [("latency", lambda m: m.latency_s),
+                              ("throughput", lambda m: -m.throughput_rps)]:
+        problem = type(problem)(problem.blocks, problem.cluster,
+                                dora_fx.QoE(batch=4, objective=objective), 4, problem.input_bytes)
+        choice = choose_schedule(steps, state.plan, problem, 4)
+        figures = {m: figure(schedule_metrics(relower(choice.schedule, m), state.plan, problem)[0])
+                   for m in choice.tried}
+        best = min(figures.values())
+        tied = [m for m in sorted(figures) if figures[m] <= best + 1e-9 * abs(best)]
+        assert choice.schedule.microbatches == tied[0]

@@ -9,9 +9,11 @@
    each receive and weight read right before its first user.
 2. *Lower* the stage graphs to a ``Schedule`` (``dora_fx.schedule``): the ``overlap`` policy
    (receives posted a microbatch early, waited late; sends async, chunked above
-   ``CHUNK_BYTES``) with ``critical-first`` contention, for the microbatch count that the
-   simulator says gives the lowest latency on the plan's cluster (``choose_schedule``), so
-   the schedule the runtimes execute is the one the prediction simulated.
+   ``CHUNK_BYTES``) with ``critical-first`` contention, for the microbatch count whose
+   simulated figures (``sim.scheduled.schedule_metrics``: latency, throughput, energy) best
+   serve the QoE's objective, QoE-compliant counts first (``choose_schedule``). So the
+   schedule the runtimes execute is the one the prediction simulated, and the chosen plan's
+   reported figures are that schedule's (``PlanSet.with_schedule``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from dataclasses import dataclass
 import torch.fx
 
 from ..comm_ops import RECV, SEND
+from ..evaluate import Metrics
 from ..ir import Plan
 from ..problem import Problem
 from ..schedule import CHUNK_BYTES, Schedule, Step, lower, stage_steps
 from ..sim.result import SimResult
-from ..sim.scheduled import simulate_schedule
-from ..sim.simulator import SimConfig
+from ..sim.scheduled import schedule_metrics
 
 __all__ = [
     "CHUNK_BYTES",
@@ -126,7 +128,8 @@ def _list_schedule(
 class ScheduleChoice:
     schedule: Schedule
     predicted: SimResult | None  # the simulation of exactly this schedule (None: no problem)
-    tried: dict[int, float]  # microbatches -> simulated latency (s)
+    tried: dict[int, float]  # microbatches -> simulated latency (s) of one request
+    metrics: Metrics | None = None  # the plan's figures under this schedule (simulated)
 
 
 def plan_steps(graphs: Sequence[torch.fx.Graph], plan: Plan) -> list[list[Step]]:
@@ -147,25 +150,37 @@ def choose_schedule(
     microbatches: int | None = None,
     choices: Sequence[int] = MICROBATCH_CHOICES,
 ) -> ScheduleChoice:
-    """The overlap schedule with the microbatch count of least simulated latency (ties: fewer
-    microbatches), or exactly ``microbatches`` when given."""
+    """The overlap schedule with the microbatch count whose simulated figures best serve the
+    QoE's objective (latency of one request, throughput, or energy per request), counts that
+    meet the QoE's bounds first, ties to fewer microbatches; or exactly ``microbatches``."""
+    from ..planner.plan_set import objective_value
+
     counts = [microbatches] if microbatches is not None else [m for m in choices if m <= batch]
     counts = counts or [1]
-    best: tuple[float, int, Schedule, SimResult | None] | None = None
+    best: tuple[tuple[bool, float], ScheduleChoice] | None = None
     tried: dict[int, float] = {}
     for m in counts:
         schedule = lower(steps, m, "overlap", "critical-first", CHUNK_BYTES)
         if problem is None:
             return ScheduleChoice(schedule, None, {})
-        result = simulate_schedule(
-            schedule, plan, problem, SimConfig(requests=1, record_timeline=False)
-        )
-        latency = result.latencies_s[0]
-        tried[m] = latency
-        if best is None or latency < best[0] * (1 - 1e-9):
-            best = (latency, m, schedule, result)
+        metrics, idle = schedule_metrics(schedule, plan, problem)
+        tried[m] = metrics.latency_s
+        key = (not _meets(metrics, problem), objective_value(metrics, problem.qoe.objective))
+        if best is None or key[0] < best[0][0] or (
+            key[0] == best[0][0] and key[1] < best[0][1] * (1 - 1e-9)
+        ):
+            best = (key, ScheduleChoice(schedule, idle, tried, metrics))
     assert best is not None
-    return ScheduleChoice(best[2], best[3], tried)
+    return best[1]
+
+
+def _meets(metrics: Metrics, problem: Problem) -> bool:
+    qoe = problem.qoe
+    return (
+        (qoe.latency_s is None or metrics.latency_s <= qoe.latency_s)
+        and (qoe.throughput_rps is None or metrics.throughput_rps >= qoe.throughput_rps)
+        and (qoe.energy_j is None or metrics.energy_j <= qoe.energy_j)
+    )
 
 
 def schedule_comm(

@@ -4,7 +4,7 @@ first, each with its certified gap, and a text that says why the first one was c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..evaluate import Metrics
@@ -29,7 +29,12 @@ def objective_value(metrics: Metrics, objective: str) -> float:
 class PlanSet:
     """``plans[0]`` is the chosen plan. ``bound`` is a certified lower bound on the objective's
     minimized figure over every plan of the space that meets the QoE; ``plans[i].gap`` is
-    ``value / bound - 1``. ``bounds`` holds the bound of each objective that was solved."""
+    ``value / bound - 1``. ``bounds`` holds the bound of each objective that was solved.
+
+    ``metrics`` are the analytic figures (``evaluate``) the planner optimizes and certifies.
+    Once the communication schedule is chosen (``with_schedule``), ``scheduled`` holds the
+    chosen plan's figures simulated under that schedule, and ``plans[0].predicted`` reports
+    those (the analytic ones kept as ``analytic_*``)."""
 
     plans: tuple[Plan, ...]
     metrics: tuple[Metrics, ...]
@@ -40,6 +45,22 @@ class PlanSet:
     method: str = ""
     solve_s: float = 0.0
     notes: tuple[str, ...] = ()
+    scheduled: Metrics | None = None
+    schedule: str = ""  # the schedule's header ("schedule policy=... microbatches=...")
+
+    def with_schedule(self, scheduled: Metrics, schedule: str) -> PlanSet:
+        """This set with the chosen plan's figures under its schedule (see the class doc)."""
+        best, analytic = self.plans[0], self.metrics[0]
+        predicted = {
+            "latency_s": scheduled.latency_s,
+            "throughput_rps": scheduled.throughput_rps,
+            "energy_j": scheduled.energy_j,
+            "analytic_latency_s": analytic.latency_s,
+            "analytic_throughput_rps": analytic.throughput_rps,
+            "analytic_energy_j": analytic.energy_j,
+        }
+        plans = (replace(best, predicted=predicted), *self.plans[1:])
+        return replace(self, plans=plans, scheduled=scheduled, schedule=schedule)
 
     @property
     def best(self) -> Plan:
@@ -60,6 +81,8 @@ class PlanSet:
             "method": self.method,
             "solve_s": self.solve_s,
             "plans": [p.to_json() for p in self.plans],
+            "schedule": self.schedule,
+            "scheduled": None if self.scheduled is None else self.scheduled.to_json(),
         }
 
     def describe(self) -> str:
@@ -80,6 +103,13 @@ class PlanSet:
             lines.append(
                 f"{i:>2}  {plan.name:<22} {len(plan.stages):>6} {devices[:28]:<28} "
                 f"{1e3 * m.latency_s:>10.3f} {m.throughput_rps:>9.3f} {m.energy_j:>9.4f} {gap:>8}"
+            )
+        if self.scheduled is not None:
+            m = self.scheduled
+            lines.append(
+                f"{0:>2}  under its {self.schedule.removeprefix('schedule ')} (simulated): "
+                f"latency {1e3 * m.latency_s:.3f} ms, throughput {m.throughput_rps:.3f} rps, "
+                f"energy {m.energy_j:.4f} J"
             )
         lines.append("")
         lines.append(self._why())

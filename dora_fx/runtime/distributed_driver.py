@@ -115,7 +115,7 @@ def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | 
     control = dist.new_group(backend="gloo", timeout=startup)
     transport = DistTransport(me, wiring, config.timeout_s, device, schedule.microbatches)
     runner = StageRunner(
-        me.stage, schedule.stages[me.stage], schedule.overlaps, schedule.microbatches, program,
+        me.stage, schedule.stages[me.stage], schedule.pipelined, schedule.microbatches, program,
         transport,
     )  # fmt: skip
     driver = _Driver(config, me, wiring, schedule, runner, control)

@@ -17,10 +17,11 @@ request ``r`` being item ``r * microbatches + mb`` of the transport:
 * ``SENT``: blocks until that send has left (emulated: its last bit left the emulated link).
 
 Between requests the schedule is software-pipelined the way the ``overlap`` lowering
-pipelines microbatches: the SENTs at the end of request ``r``'s list (after its last segment)
-are executed after the first segment of request ``r + 1``, so the device computes the next
-request while the last sends drain, as the simulator (``overlap=True``) has it. Under the
-``naive`` policy nothing is deferred. Every executed action is recorded (``trace``), so a test
+pipelines microbatches (SENT of microbatch ``k - 1`` after the compute of ``k``): the SENTs of
+request ``r``'s last microbatch that close its list are executed after the first segment of
+request ``r + 1``, so the device computes the next request while the last sends drain, as the
+simulator of schedules (``sim.scheduled``) has it. Under the ``naive`` policy nothing is
+deferred. Every executed action is recorded (``trace``), so a test
 can check that a rank ran its list in order.
 """
 
@@ -79,7 +80,7 @@ class StageRunner:
         self,
         stage: int,
         actions: StageSchedule,
-        overlaps: bool,
+        pipelined: bool,
         microbatches: int,
         program: SegmentProgram,
         transport: DistTransport,
@@ -93,10 +94,11 @@ class StageRunner:
         self.program, self.transport = program, transport
         self.stretch = ComputeStretch(None)
         last_compute = max(i for i, a in enumerate(self.actions) if a.kind is Kind.COMPUTE)
-        tail = range(last_compute + 1, len(self.actions))
+        last_mb = max(a.mb for a in self.actions)
         self._deferrable = {
-            i for i in tail if overlaps and self.actions[i].kind is Kind.SENT
-        }
+            i for i in range(last_compute + 1, len(self.actions))
+            if pipelined and self.actions[i].kind is Kind.SENT and self.actions[i].mb == last_mb
+        }  # fmt: skip
         self._items: dict[int, _Item] = {}
         self._deferred: list[tuple[int, Action]] = []  # (request, SENT) of the previous request
         self.trace: list[tuple[int, str, float, float]] = []  # request, action, start, end

@@ -214,11 +214,14 @@ def dilation(
 
 
 class ComputeStretch:
-    """Pads compute segments to ``factor`` times their CPU time (see the module docstring).
+    """Pads compute segments to ``factor`` times their CPU time (see the module doc).
 
     ``resume()`` opens a segment, ``settle()`` closes it: it sleeps until the emulated end and
     returns the segment's emulated wall duration. With ``factor=None`` nothing is padded and a
-    segment lasts what it lasted.
+    segment lasts what it lasted. A segment that ends late (the sleep overshot on a busy host,
+    or the compute itself took longer than emulated) leaves a *debt* the next segments pay
+    back out of their padding, so the device keeps its emulated pace on average: with many
+    short segments per request (the schedule's), sleep overshoots would otherwise add up.
     """
 
     def __init__(self, factor: float | None) -> None:
@@ -226,6 +229,8 @@ class ComputeStretch:
         self.busy_wall_s = 0.0
         self.busy_cpu_s = 0.0
         self.overrun_wall_s = 0.0  # compute that took longer in wall time than emulated
+        self.late_wall_s = 0.0  # sleeps that ended after their emulated end
+        self.debt_wall_s = 0.0  # lateness not paid back yet
         self._wall0 = time.monotonic()
         self._cpu0 = time.thread_time()
 
@@ -238,12 +243,18 @@ class ComputeStretch:
         if self.factor is None:
             elapsed = now - self._wall0
         else:
-            target = self._wall0 + cpu_s * self.factor
-            if target > now:
-                _sleep_until(target)
+            end = self._wall0 + cpu_s * self.factor
+            if end > now:
+                paid = min(self.debt_wall_s, end - now)
+                self.debt_wall_s -= paid
+                _sleep_until(end - paid)
+                late = time.monotonic() - (end - paid)
+                self.late_wall_s += late
+                self.debt_wall_s += late
             else:
-                self.overrun_wall_s += now - target
-            elapsed = max(target, now) - self._wall0
+                self.overrun_wall_s += now - end
+                self.debt_wall_s += now - end
+            elapsed = max(end, now) - self._wall0
         self.busy_wall_s += elapsed
         self.resume()
         return elapsed
@@ -310,22 +321,37 @@ class MediumLedger:
     ) -> float:
         """Reserve ``bits`` on every hop ``(key, wall seconds per bit, contention efficiency)``
         from the earliest time all are free (and not before ``not_before``); returns the end.
+        A registered (paced) flow takes turns with more critical ones rather than colliding
+        with them: it pays the contention loss only against a flow of its own priority.
         Renews the flow's registration, if it has one."""
         with self._locked() as table:
             slots = [(self.slot[key], cost, eff) for key, cost, eff in hops]
             start = max([not_before, *(table[i, 0] for i, _, _ in slots)])
             end = start
             now = time.monotonic()
+            row = self._row_of(flow)
             for i, cost, eff in slots:
                 # another flow holds the resource past now: both want the air at once
                 contended = table[i, 1] != flow and table[i, 0] > max(not_before, now)
+                if contended and row is not None:
+                    contended = self._rival(row, i, now)
                 duration = bits * cost / (eff if contended else 1.0)
                 table[i, 0], table[i, 1] = start + duration, flow
                 end = max(end, start + duration)
-            row = self._row_of(flow)
             if row is not None:
                 self._flows[row, 4] = now + _REGISTRATION_TTL_S
         return float(end)
+
+    def _rival(self, row: int, slot: int, now: float) -> bool:
+        """Whether another live registered flow of the same priority uses resource ``slot``."""
+        mine = self._flows[row]
+        for other in self._flows:
+            if (
+                other[0] != 0 and other[0] != mine[0] and other[4] >= now
+                and int(other[5]) >> slot & 1 and tuple(other[1:4]) == tuple(mine[1:4])
+            ):  # fmt: skip
+                return True
+        return False
 
     def _mask(self, keys: Sequence[str]) -> int:
         mask = 0
@@ -494,11 +520,12 @@ class LinkShaper:
                 _sleep_until(end - 0.5 * chunk * slowest)
                 if paced:
                     assert priority is not None
+                    # held: the next chunk starts when the resources are free again (the
+                    # ledger's reservations), not when this thread wakes up to see it
                     while (until := self.ledger.held_until(flow, priority, keys)) is not None:
                         began = time.monotonic()
                         _sleep_until(max(began + self.POLL_S, until - 0.5 * chunk * slowest))
                         self.held_s += time.monotonic() - began
-                    end = max(end, time.monotonic())  # the held time is not this flow's air
                 end = self.ledger.reserve(hops, chunk, end, flow)
                 bits_left -= chunk
         finally:

@@ -5,7 +5,12 @@ drives it with what the chosen schedule does:
 
 * ``microbatches``: the request is cut into that many microbatches;
 * ``overlap``: whether sends stay in flight while the stage computes the next microbatch
-  (the ``overlap`` lowering) or block the device until they have left (``naive``);
+  (the ``overlap`` lowering) or block the device until they have left (``naive``). Under
+  ``overlap`` a stage waits (SENT) for the sends of microbatch ``k - 1`` after computing
+  microbatch ``k``, so it starts microbatch ``k + 1`` only once those have left; counted
+  across requests (microbatch ``k`` of request ``r`` is the ``r * m + k``-th of the stage),
+  which is how the distributed runtime runs requests back to back. The plain simulator lets
+  sends queue without bound;
 * ``contention``: ``fair`` flows on one medium split its airtime evenly and pay its
   contention loss (``Network.capacity(resource, 2)``); ``critical-first`` flows are paced
   by criticality: on each shared resource only the most critical flows send (earliest
@@ -18,6 +23,7 @@ drives it with what the chosen schedule does:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from ..cost_models.network import Network
 from ..ir import Plan
@@ -25,12 +31,16 @@ from ..problem import Problem
 from ..schedule import Schedule
 from .fluid import FluidNetwork, _Flow
 from .result import SimResult
-from .simulator import _FLOW_DONE, SimConfig, _Run
-from .work import plan_work
+from .simulator import _FLOW_DONE, SimConfig, _Run, _Task
+from .work import Transfer, plan_work
 
-__all__ = ["PriorityFluidNetwork", "simulate_schedule", "schedule_config"]
+if TYPE_CHECKING:
+    from ..evaluate import Metrics
+
+__all__ = ["PriorityFluidNetwork", "simulate_schedule", "schedule_config", "schedule_metrics"]
 
 Priority = tuple[int, int, int]
+MAX_IN_FLIGHT = 32  # requests in flight to measure a schedule's throughput
 _HELD = 1e-9  # share of a resource a held flow keeps: never zero, so its finish time is finite
 
 
@@ -90,6 +100,43 @@ class _ScheduledRun(_Run):
         self.critical_first = critical_first
         if critical_first:
             self.net = PriorityFluidNetwork(problem.cluster.network)
+        # (stage, slot) -> sequence -> sends to later stages not yet left (overlap window)
+        self.in_flight: dict[tuple[int, int], dict[int, int]] = {}
+
+    def _start_next(self, device: int, now: float) -> None:
+        if self.config.overlap and self._held(self.queue[device][0]):
+            return  # started again when the send it waits for has left
+        super()._start_next(device, now)
+
+    def _held(self, task: _Task) -> bool:
+        """Whether the stage still waits for the sends of two or more microbatches back."""
+        request, mb, stage, slot = task
+        sent = self.in_flight.get((stage, slot))
+        if not sent:
+            return False
+        return min(sent) <= request * self.m + mb - 2
+
+    def _send(
+        self, t: Transfer, request: int, mb: int, to_stage: int, sender: int, now: float
+    ) -> None:
+        if sender >= 0 and t.src != t.dst and to_stage <= self.last:
+            sent = self.in_flight.setdefault((to_stage - 1, t.src_slot), {})
+            seq = request * self.m + mb
+            sent[seq] = sent.get(seq, 0) + 1
+        super()._send(t, request, mb, to_stage, sender, now)
+
+    def _flow_done(self, fid: int, now: float, started: bool = True) -> None:
+        t, request, mb, to_stage, sender = self.flow_meta[fid]
+        super()._flow_done(fid, now, started)
+        if sender < 0 or to_stage > self.last:
+            return
+        sent = self.in_flight[(to_stage - 1, t.src_slot)]
+        seq = request * self.m + mb
+        sent[seq] -= 1
+        if not sent[seq]:
+            del sent[seq]
+        if self.queue[sender] and not self.busy[sender] and not self.pending_sends[sender]:
+            self._start_next(sender, now)
 
     def _start_flow(self, fid: int, now: float) -> None:
         if not self.critical_first:
@@ -111,7 +158,8 @@ class _ScheduledRun(_Run):
 
 
 def schedule_config(schedule: Schedule, config: SimConfig | None = None) -> SimConfig:
-    """``config`` with the schedule's microbatches and overlap."""
+    """``config`` with the schedule's microbatches and overlap (its policy's: ``overlap``
+    keeps sends in flight, ``naive`` blocks on them)."""
     base = config or SimConfig()
     return SimConfig(
         requests=base.requests,
@@ -119,7 +167,7 @@ def schedule_config(schedule: Schedule, config: SimConfig | None = None) -> SimC
         arrivals=base.arrivals,
         concurrency=base.concurrency,
         microbatches=schedule.microbatches,
-        overlap=schedule.overlaps,
+        overlap=schedule.pipelined,
         source=base.source,
         sink=base.sink,
         seed=base.seed,
@@ -135,3 +183,57 @@ def simulate_schedule(
     run_config = schedule_config(schedule, config)
     critical_first = schedule.contention == "critical-first"
     return _ScheduledRun(plan, problem, run_config, critical_first).run()
+
+
+def schedule_metrics(
+    schedule: Schedule, plan: Plan, problem: Problem
+) -> tuple[Metrics, SimResult]:
+    """``plan``'s figures under ``schedule``, simulated (``evaluate`` gives them analytically):
+
+    * latency: one request on an idle cluster;
+    * throughput: the steady state of a closed loop that keeps the pipeline full (latency
+      times the analytic capacity requests in flight, at least stages + 1, at most
+      ``MAX_IN_FLIGHT``), completions per second after the first ``in flight`` ones;
+    * energy per request at the QoE's operating point, as ``evaluate`` defines it: one request
+      at a time without an offered load (so the idle run's), else an open loop at the offered
+      rate (or the throughput floor), capped at the throughput;
+    * memory and the rest: ``evaluate``'s with the schedule's microbatches.
+
+    Returns the figures and the idle single-request simulation."""
+    from dataclasses import replace
+
+    from ..evaluate import evaluate  # evaluate imports sim.work: keep the import lazy
+
+    critical_first = schedule.contention == "critical-first"
+
+    def run(config: SimConfig) -> tuple[_ScheduledRun, SimResult]:
+        scheduled = _ScheduledRun(plan, problem, schedule_config(schedule, config), critical_first)
+        return scheduled, scheduled.run()
+
+    _, idle = run(SimConfig(requests=1, record_timeline=False))
+    latency = idle.latencies_s[0]
+    analytic = evaluate(plan, problem, microbatches=schedule.microbatches)
+    # requests in flight to keep the pipeline full: latency x capacity (Little's law), at
+    # least one per stage and one more
+    full = latency * analytic.throughput_rps if math.isfinite(analytic.throughput_rps) else 0.0
+    depth = max(len(plan.stages) + 1, min(MAX_IN_FLIGHT, math.ceil(full) + 1))
+    loaded, _ = run(SimConfig(requests=4 * depth, concurrency=depth, record_timeline=False))
+    done = sorted(loaded.done_s.values())
+    span = done[-1] - done[depth - 1]
+    throughput = (len(done) - depth) / span if span > 0 else math.inf
+    rate = problem.qoe.request_rate_rps or problem.qoe.throughput_rps
+    if rate is None:
+        energy, period = idle.energy_j, latency
+    else:
+        period = 1.0 / min(rate, throughput)
+        paced = SimConfig(requests=4 * depth, request_rate_rps=1.0 / period, record_timeline=False)
+        energy = run(paced)[1].energy_j
+    metrics = replace(
+        analytic,
+        latency_s=latency,
+        throughput_rps=throughput,
+        energy_j=energy,
+        period_s=period,
+        saturated=rate is not None and rate > throughput,
+    )
+    return metrics, idle

@@ -156,10 +156,12 @@ def test_a_run_with_another_microbatch_count_relowers_the_schedule(mlp2_plan):
 
 
 def _pipelined(actions, requests):
-    """The order a rank runs requests back to back: each request's list, its closing SENTs
-    (after its last segment) moved after the next request's first segment."""
+    """The order a rank runs requests back to back: each request's list, the SENTs of its
+    last microbatch that close it moved after the next request's first segment."""
     last = max(i for i, a in enumerate(actions) if "F" in a)
-    closing = [i for i in range(last + 1, len(actions)) if "SENT" in actions[i]]
+    last_mb = max(int(a.split("F")[0]) for a in actions if "F" in a and "SENT" not in a)
+    closing = [i for i in range(last + 1, len(actions))
+               if "SENT" in actions[i] and actions[i].startswith(f"{last_mb}SENT")]
     order, deferred = [], []
     for r in requests:
         flushed = not deferred
