@@ -11,10 +11,24 @@ free. Sustained = peak x efficiency: presets give the spec-sheet peak (sources i
 docs/devices.md) and an efficiency; a calibrated host profile gives measured rates with
 efficiency 1. A stage's time is the sum of its nodes' times.
 
-A device may also carry a ``bandwidth_curve``: bandwidth measured at several tensor
+A device may also carry a ``bandwidth_curve``: bandwidth measured at several output tensor
 sizes, since caches and the allocator make small and large tensors move at very different
-rates (a cache-aware roofline). Node times use it; block times, which only know a block's
-total traffic, use the single ``memory_bandwidth_bytes_per_s``.
+rates (a cache-aware roofline; on a calibrated CPU host, tensors that fit the last-level cache
+stream several times faster than those above the allocator's mmap threshold, which take page
+faults on every call). Node times of ``other`` nodes use it; block times, which only know a
+block's total traffic, use the single ``memory_bandwidth_bytes_per_s``.
+
+``page_fault_bytes_per_s`` and ``fresh_output_bytes`` (optional, measured by calibration)
+add the cost of fresh pages: outputs at least ``fresh_output_bytes`` large come from the OS
+on every call (above glibc's mmap threshold, 32 MB at most) and each page is faulted in and
+zeroed at first touch, at ``page_fault_bytes_per_s``. Node times add it; block times do not
+know their nodes' output sizes and leave it out.
+
+``dense_bandwidth_bytes_per_s`` (optional) is the rate at which dense kernels stream the bytes
+their cost records count when they are not compute-bound. On a CPU host it lies well below the
+memory bandwidth: eager convolution kernels reorder layouts, and depthwise and low-channel
+convolutions run far from both roofs. Unset, dense nodes use the memory bandwidth (the curve
+at their output size, if there is one). Node and block times both use it for dense bytes.
 
 Blocks (``dora_fx.Problem``) keep per-class sums rather than per-node figures, so a block is
 costed as two rooflines, one per class (``block_time_s``): exact when every node of a class is
@@ -69,6 +83,9 @@ class Device:
     other_efficiency: float = 1.0
     memory_efficiency: float = 1.0
     bandwidth_curve: tuple[tuple[float, float], ...] = ()
+    dense_bandwidth_bytes_per_s: float | None = None
+    page_fault_bytes_per_s: float | None = None
+    fresh_output_bytes: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -91,8 +108,14 @@ class Device:
             raise ClusterError(f"Device.name must be a non-empty string, got {self.name!r}")
         for name in ("dense_flops_per_s", "memory_bandwidth_bytes_per_s", "memory_bytes"):
             _check_positive(self.name, name, getattr(self, name))
-        if self.other_flops_per_s is not None:
-            _check_positive(self.name, "other_flops_per_s", self.other_flops_per_s)
+        for name in (
+            "other_flops_per_s",
+            "dense_bandwidth_bytes_per_s",
+            "page_fault_bytes_per_s",
+            "fresh_output_bytes",
+        ):
+            if getattr(self, name) is not None:
+                _check_positive(self.name, name, getattr(self, name))
         for name in ("dense_efficiency", "other_efficiency", "memory_efficiency"):
             value = getattr(self, name)
             _check_positive(self.name, name, value)
@@ -134,6 +157,13 @@ class Device:
     def sustained_bandwidth_bytes_per_s(self) -> float:
         return self.memory_bandwidth_bytes_per_s * self.memory_efficiency
 
+    @property
+    def sustained_dense_bandwidth_bytes_per_s(self) -> float:
+        """Bandwidth of dense bytes in block times (and node times when it is set)."""
+        if self.dense_bandwidth_bytes_per_s is None:
+            return self.sustained_bandwidth_bytes_per_s
+        return self.dense_bandwidth_bytes_per_s * self.memory_efficiency
+
     # -- time -----------------------------------------------------------------------------------
 
     def node_time_s(
@@ -143,17 +173,36 @@ class Device:
         ``output_bytes`` (default: half the traffic) picks the point of a bandwidth curve."""
         if op_class == "view":
             return 0.0
+        tensor = bytes_moved / 2 if output_bytes is None else output_bytes
         if op_class == "dense":
             rate = self.sustained_dense_flops_per_s
+            if self.dense_bandwidth_bytes_per_s is not None:
+                bandwidth = self.sustained_dense_bandwidth_bytes_per_s
+            else:
+                bandwidth = self.bandwidth_at(tensor)
         elif op_class == "other":
             rate = self.sustained_other_flops_per_s
+            bandwidth = self.bandwidth_at(tensor)
         else:
             raise ClusterError(
                 f"device {self.name!r}: op_class must be 'dense', 'other' or 'view', got "
                 f"{op_class!r}"
             )
-        tensor = bytes_moved / 2 if output_bytes is None else output_bytes
-        return self.op_overhead_s + max(flops / rate, bytes_moved / self.bandwidth_at(tensor))
+        return (
+            self.op_overhead_s
+            + max(flops / rate, bytes_moved / bandwidth)
+            + self.fresh_pages_s(tensor)
+        )
+
+    def fresh_pages_s(self, output_bytes: float) -> float:
+        """Time to fault in fresh pages for an output of ``output_bytes``: with
+        ``page_fault_bytes_per_s`` and ``fresh_output_bytes`` set, outputs at least that
+        large get fresh pages from the OS on every call (glibc serves them with mmap and
+        returns them on free), each page zeroed at first touch; otherwise 0."""
+        rate, threshold = self.page_fault_bytes_per_s, self.fresh_output_bytes
+        if rate is None or threshold is None or output_bytes < threshold:
+            return 0.0
+        return output_bytes / rate
 
     def bandwidth_at(self, tensor_bytes: float) -> float:
         """Sustained bandwidth for a node whose output tensor has ``tensor_bytes``.
@@ -188,8 +237,9 @@ class Device:
         """Time of a run of nodes from its per-class sums.
 
         With ``dense_bytes`` (bytes moved by dense nodes) it is one roofline per class:
-        ``ops*overhead + max(Fd/Rd, Qd/B) + max(Fo/Ro, Qo/B)``; without it, the single
-        roofline of the totals ``ops*overhead + max(Fd/Rd + Fo/Ro, Q/B)``.
+        ``ops*overhead + max(Fd/Rd, Qd/Bd) + max(Fo/Ro, Qo/B)`` (``Bd`` the dense bandwidth,
+        ``B`` the memory bandwidth); without it, the single roofline of the totals
+        ``ops*overhead + max(Fd/Rd + Fo/Ro, Q/B)``. ``planner/tables.py`` mirrors this.
         """
         other_flops = max(flops - dense_flops, 0.0)
         bandwidth = self.sustained_bandwidth_bytes_per_s
@@ -201,7 +251,8 @@ class Device:
             )
         else:
             other_bytes = max(bytes_moved - dense_bytes, 0.0)
-            compute_s = max(dense_flops / dense_rate, dense_bytes / bandwidth) + max(
+            dense_bandwidth = self.sustained_dense_bandwidth_bytes_per_s
+            compute_s = max(dense_flops / dense_rate, dense_bytes / dense_bandwidth) + max(
                 other_flops / other_rate, other_bytes / bandwidth
             )
         return ops * self.op_overhead_s + compute_s

@@ -113,7 +113,8 @@ def _device_time_s(
         dense_fixed = np.minimum(params, sums["dense_bytes"])
         dense_b = dense_fixed + share * (sums["dense_bytes"] - dense_fixed)
         other_b = np.maximum(bytes_moved - dense_b, 0.0)
-        compute = np.maximum(share * dense / dense_rate, dense_b / bandwidth) + np.maximum(
+        dense_bandwidth = device.sustained_dense_bandwidth_bytes_per_s
+        compute = np.maximum(share * dense / dense_rate, dense_b / dense_bandwidth) + np.maximum(
             other / other_rate, other_b / bandwidth
         )
     result: FloatArray = ops * device.op_overhead_s + compute

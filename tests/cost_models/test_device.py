@@ -135,3 +135,73 @@ def test_bandwidth_curve_is_a_cache_aware_roofline():
     assert Device.from_json(d.to_json()) == d
     with pytest.raises(ClusterError, match="bandwidth_curve holds"):
         make(bandwidth_curve=((1e6, 0.0),))
+
+
+def test_dense_bandwidth_streams_dense_bytes_in_node_and_block_times():
+    d = make(op_overhead_s=0.0, dense_bandwidth_bytes_per_s=2e9, bandwidth_curve=((1e6, 40e9), (1e8, 4e9)))
+    # a depthwise-like dense node (2 FLOP per byte) is limited by the dense bandwidth, not the curve
+    assert d.node_time_s(2e8, 1e8, "dense", output_bytes=1e6) == pytest.approx(1e8 / 2e9)
+    # a matmul stays compute-bound
+    assert d.node_time_s(1e10, 1e7, "dense") == pytest.approx(1e10 / 100e9)
+    # other nodes keep the curve
+    assert d.node_time_s(0, 2e6, "other", output_bytes=1e6) == pytest.approx(2e6 / 40e9)
+    # blocks: dense bytes at the dense bandwidth, other bytes at the single figure
+    assert d.block_time_s(0, 0, 3e8, 0, dense_bytes=1e8) == pytest.approx(1e8 / 2e9 + 2e8 / 10e9)
+    assert d.sustained_dense_bandwidth_bytes_per_s == 2e9
+    assert make().sustained_dense_bandwidth_bytes_per_s == make().sustained_bandwidth_bytes_per_s
+    assert make(memory_efficiency=0.5, dense_bandwidth_bytes_per_s=2e9).sustained_dense_bandwidth_bytes_per_s == 1e9
+    with pytest.raises(ClusterError, match="dense_bandwidth_bytes_per_s must be positive"):
+        make(dense_bandwidth_bytes_per_s=0.0)
+
+
+def test_fresh_pages_cost_outputs_above_the_threshold_in_node_times_only():
+    d = make(op_overhead_s=0.0, page_fault_bytes_per_s=2e9, fresh_output_bytes=32e6)
+    assert d.fresh_pages_s(16e6) == 0.0
+    assert d.fresh_pages_s(64e6) == pytest.approx(64e6 / 2e9)
+    assert d.node_time_s(0, 128e6, "other", output_bytes=64e6) == pytest.approx(128e6 / 10e9 + 64e6 / 2e9)
+    assert d.node_time_s(0, 32e6, "other", output_bytes=16e6) == pytest.approx(32e6 / 10e9)
+    # a compute-bound dense node pays its fresh pages on top of its compute
+    assert d.node_time_s(1e10, 1e6, "dense", output_bytes=64e6) == pytest.approx(0.1 + 64e6 / 2e9)
+    assert d.block_time_s(0, 0, 128e6, 0) == pytest.approx(128e6 / 10e9)
+    # one of the two alone does nothing
+    assert make(page_fault_bytes_per_s=2e9).fresh_pages_s(1e12) == 0.0
+    with pytest.raises(ClusterError, match="page_fault_bytes_per_s must be positive"):
+        make(page_fault_bytes_per_s=-1.0)
+
+
+def test_calibrated_profiles_round_trip_and_old_profiles_still_load(tmp_path):
+    d = make(
+        bandwidth_curve=((5e5, 20e9), (4e7, 5e9)),
+        dense_bandwidth_bytes_per_s=2e9,
+        page_fault_bytes_per_s=2.2e9,
+        fresh_output_bytes=33e6,
+    )
+    path = d.save_profile(tmp_path / "host.json")
+    assert Device.from_profile(path) == d
+    assert json.loads(path.read_text())["device"]["bandwidth_curve"] == [[5e5, 20e9], [4e7, 5e9]]
+    # a profile written before these fields existed, with or without a curve
+    old = {k: v for k, v in d.to_json().items() if k not in ("dense_bandwidth_bytes_per_s", "page_fault_bytes_per_s", "fresh_output_bytes")}
+    loaded = Device.from_profile({"format": PROFILE_FORMAT, "device": old})
+    assert loaded.dense_bandwidth_bytes_per_s is None and loaded.fresh_pages_s(1e12) == 0.0
+    assert loaded.bandwidth_curve == d.bandwidth_curve
+    bare = {k: v for k, v in old.items() if k != "bandwidth_curve"}
+    assert Device.from_profile({"format": PROFILE_FORMAT, "device": bare}).bandwidth_curve == ()
+
+
+def test_planner_tables_mirror_block_time_with_a_dense_bandwidth():
+    np = pytest.importorskip("numpy")
+    from dora_fx.planner.tables import _device_time_s
+
+    d = make(dense_bandwidth_bytes_per_s=1e9, op_overhead_s=2e-6)
+    sums = {
+        "flops": np.array([5e9, 1e8]),
+        "dense": np.array([4e9, 5e7]),
+        "bytes": np.array([3e8, 2e8]),
+        "params": np.array([0.0, 0.0]),
+        "ops": np.array([10.0, 3.0]),
+        "dense_bytes": np.array([2e8, 1e8]),
+    }
+    got = _device_time_s(d, 1.0, sums)
+    for i in range(2):
+        want = d.block_time_s(sums["flops"][i], sums["dense"][i], sums["bytes"][i], sums["ops"][i], sums["dense_bytes"][i])
+        assert got[i] == pytest.approx(want)
