@@ -5,6 +5,8 @@ import torch
 
 from dora_fx.cost_models.calibrate import (
     Measurement,
+    _measure_part,
+    _non_increasing,
     annotated_graph,
     calibrate,
     fit_device,
@@ -37,8 +39,10 @@ def test_calibrate_writes_a_profile_that_loads(tmp_path):
     path = tmp_path / "host.json"
     device = calibrate(path, quick=True, repeats=1, busy_power_w=20.0, idle_power_w=4.0)
     doc = json.loads(path.read_text())
-    assert {m["op_class"] for m in doc["measurements"]} == {"overhead", "copy", "elementwise", "matmul", "conv"}
-    assert all(m["measured_s"] > 0 and m["predicted_s"] > 0 for m in doc["measurements"])
+    assert {m["op_class"] for m in doc["measurements"]} == {"overhead", "fault", "copy", "elementwise", "matmul", "conv"}
+    assert all(m["measured_s"] > 0 for m in doc["measurements"])
+    # every row is predicted; first-touch rows below the fresh-page threshold cost nothing
+    assert all(m["predicted_s"] > 0 or m["op_class"] == "fault" for m in doc["measurements"])
     assert doc["host"]["torch"] == torch.__version__
     loaded = Device.from_profile(path)
     assert loaded == device and loaded.kind == "host" and loaded.busy_power_w == 20.0
@@ -56,3 +60,76 @@ def test_prediction_sums_node_rooflines():
     assert predict_forward_s(model, (x,), device) == pytest.approx(sum(by_class.values()))
     # doubling the batch doubles the compute
     assert predict_graph_s(gm, symbols, device, 2 * batch)["dense"] == pytest.approx(2 * by_class["dense"])
+
+
+MB = 2**20
+
+
+def test_fit_recovers_curve_fresh_pages_and_dense_bandwidth():
+    """A host with a size-dependent bandwidth, page faults above 30 MB and slow depthwise
+    convolutions: its own (noise-free) measurements fit back to it."""
+    truth = Device(
+        "t",
+        dense_flops_per_s=50e9,
+        other_flops_per_s=2e9,
+        memory_bandwidth_bytes_per_s=10e9,
+        op_overhead_s=3e-6,
+        bandwidth_curve=((1 * MB, 20e9), (40 * MB, 8e9)),
+        dense_bandwidth_bytes_per_s=2e9,
+        page_fault_bytes_per_s=2e9,
+        fresh_output_bytes=30 * MB,
+    )
+    rows = [Measurement("tiny", "overhead", 1, 12, truth.op_overhead_s)]
+    for size in (8, 16, 24, 36, 48):
+        out = size * MB
+        rows.append(Measurement(f"touch {size}", "fault", 0, out, max(truth.fresh_pages_s(out), 1e-7), out))
+    for size in (1, 40):
+        out = size * MB
+        n = out / 4
+        for name, op_class, flops, moved in (
+            ("clone", "copy", 0.0, 2 * out),
+            ("hardtanh", "elementwise", 2 * n, 2 * out),
+            ("heavy", "elementwise", 100 * n, 2 * out),
+        ):
+            t = truth.node_time_s(flops, moved, "other", out)
+            rows.append(Measurement(f"{name} {size}", op_class, flops, moved, t, out))
+    for f in (1e9, 8e9):
+        rows.append(Measurement("mm", "matmul", f, 1e6, truth.node_time_s(f, 1e6, "dense", 1e5), 1e5))
+    for f, q in ((2e7, 1e7), (1e10, 1e7), (4e7, 2e7)):  # depthwise, regular, depthwise
+        rows.append(Measurement("conv", "conv", f, q, truth.node_time_s(f, q, "dense", q / 2), q / 2))
+    fitted = fit_device(rows, "t")
+    assert fitted.op_overhead_s == pytest.approx(3e-6)
+    assert fitted.page_fault_bytes_per_s == pytest.approx(2e9)
+    assert 24 * MB < fitted.fresh_output_bytes <= 36 * MB
+    assert fitted.other_flops_per_s == pytest.approx(2e9)
+    assert [q for q, _ in fitted.bandwidth_curve] == [1 * MB, 40 * MB]
+    assert [b for _, b in fitted.bandwidth_curve] == pytest.approx([20e9, 8e9])
+    assert fitted.dense_flops_per_s == pytest.approx(50e9)
+    assert fitted.dense_bandwidth_bytes_per_s == pytest.approx(2e9)
+    for r in rows:
+        assert r.predicted_s(fitted) == pytest.approx(r.measured_s, rel=1e-6, abs=1e-6)
+
+
+def test_curve_is_made_non_increasing_keeping_total_time():
+    points = [(1e6, 10e9, 1e8), (4e6, 20e9, 1e8), (16e6, 5e9, 1e8)]
+    curve = _non_increasing(points)
+    assert [b for _, b in curve] == sorted((b for _, b in curve), reverse=True)
+    # the violating pair is pooled: 2e8 bytes over 1e8/10e9 + 1e8/20e9 seconds
+    assert curve[0][1] == curve[1][1] == pytest.approx(2e8 / (1e8 / 10e9 + 1e8 / 20e9))
+    assert curve[2] == (16e6, 5e9)
+    assert _non_increasing(points[::2]) == [(1e6, 10e9), (16e6, 5e9)]
+
+
+def test_calibrated_host_uses_a_non_increasing_curve(tmp_path):
+    """One real (quick) calibration: the fitted curve falls with size and the profile keeps it."""
+    device = calibrate(tmp_path / "host.json", quick=True, repeats=1)
+    # (on a loaded machine a point may be unidentified, so the curve may have fewer points)
+    bandwidths = [b for _, b in device.bandwidth_curve]
+    assert bandwidths == sorted(bandwidths, reverse=True)
+    assert all(b <= bandwidths[0] for b in bandwidths) and device.memory_bandwidth_bytes_per_s > 0
+    assert Device.from_profile(tmp_path / "host.json").bandwidth_curve == device.bandwidth_curve
+
+
+def test_unknown_calibration_part():
+    with pytest.raises(ValueError, match="unknown calibration part"):
+        _measure_part("nope", 1, True)
