@@ -29,7 +29,10 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="take the example input from this zoo model")
     parser.add_argument("--batch", type=int, default=4, help="batch of the zoo input")
     parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument(
+        "--microbatches", type=int, default=None,
+        help="relower the plan's schedule for this many (default: the compiled count)",
+    )  # fmt: skip
     parser.add_argument("--in-flight", type=int, default=0, help="closed loop (0: one per rank)")
     parser.add_argument("--rate", type=float, help="open loop at this many requests/s instead")
     parser.add_argument("--no-emulation", action="store_true", help="run at host speed")

@@ -5,10 +5,12 @@ Ranks follow the plan, stage by stage and device by device within a data-paralle
     stage 0 (phone)  stage 1 (laptop, jetson; shares .4 .6)  stage 2 (rpi4)
     rank 0           rank 1, rank 2                            rank 3
 
-Two halves: ``distributed_transport`` moves tensors (self-describing headers, receiver threads,
-data-parallel scatter and gather, the link shaper hook) and ``distributed_driver`` runs a rank
-(warm-up, emulation set-up, the request stream, timing, injected faults). This module is their
-public face.
+Its parts: ``distributed_transport`` moves tensors (self-describing headers, chunked messages,
+receiver threads, data-parallel scatter and gather, the link shaper hook),
+``distributed_schedule`` executes a stage's schedule actions (POST, WAIT, F, SEND, SENT) per
+request, ``distributed_driver`` runs a rank (warm-up, emulation set-up, the request stream or a
+streaming session, timing, injected faults) and ``session`` keeps a plan's ranks serving
+requests as they come. This module is their public face.
 """
 
 from __future__ import annotations

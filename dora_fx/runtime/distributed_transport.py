@@ -62,6 +62,7 @@ _MAX_DIMS = 10
 _FIELDS = 9
 _HEADER_LEN = _FIELDS + _MAX_DIMS  # then the dims
 _MAX_TRANSFER_LOG = 10_000
+_MAX_PENDING = 64  # un-waited sends kept before the oldest are waited
 _DATA, _END = 0, 1
 _DTYPES = [
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
@@ -291,6 +292,8 @@ class DistTransport:
             if sending.shaped:
                 continue  # it left the emulated link; the real send follows at its arrival
             for work in sending.works:
+                if work.is_completed():  # reaped already; a second wait would hang
+                    continue
                 try:
                     work.wait(timedelta(seconds=max(deadline - time.monotonic(), 1e-3)))
                 except Exception as exc:  # noqa: BLE001 - gloo says why the peer is gone
@@ -461,8 +464,16 @@ class DistTransport:
         return sending
 
     def _reap(self) -> None:
+        """Forget completed sends. Gloo calls a send completed only once it is waited on, so
+        sends no SENT waits for (user inputs, outputs) would pile up with their tensors: the
+        oldest beyond ``_MAX_PENDING`` are waited here (the receiving rank's thread always
+        has a receive posted, so they complete). Only the rank's main thread reaps and runs
+        SENT, and both wait a work only while it is not completed: never twice."""
         with self._pending_lock:
             self._pending = [(w, keep) for w, keep in self._pending if not w.is_completed()]
+            excess = self._pending[: max(len(self._pending) - _MAX_PENDING, 0)]
+        for work, _ in excess:
+            work.wait(timedelta(seconds=self.timeout_s))
 
     def _deposit(self, src: int, item: int, tag: int, tensor: torch.Tensor, batch: int) -> None:
         with self._mail.cond:
