@@ -104,15 +104,17 @@ class CompiledModel(LocalPipeline):
     def explain(self, batch: int | None = None) -> str:
         return explain_state(self.state, self.notes, batch)
 
-    def adapter(self) -> Adapter:
+    def adapter(self, anticipate: bool = True) -> Adapter:
         """The runtime adapter over this model's plan set: ``decide(conditions)`` composes the
-        plans for the current load, bandwidth and devices (see ``dora_fx.adapter``)."""
+        plans for the current load, bandwidth and devices (see ``dora_fx.adapter``).
+        ``anticipate``: add the planner's plans for slower links, twice the load and each
+        device gone (``adapter.plan_set``; a few more solves, once)."""
         if self.state.plan_set is None or self.state.problem is None:
             raise PlanError(
                 "this model was compiled with a fixed num_stages or a given plan, so it has no "
                 "plan set to compose; compile without them to get one"
             )
-        return adapter_for(self.state.plan_set.plans, self.state.problem)
+        return adapter_for(self.state.plan_set.plans, self.state.problem, anticipate)
 
     def simulate(self, config: SimConfig | None = None, **options: Any) -> SimResult:
         """Simulate the chosen plan on the cluster (see ``dora_fx.sim.SimConfig`` for options:

@@ -10,20 +10,26 @@ from .sim import SimConfig
 from .sim.explain import predicted_lines
 from .sim.scheduled import simulate_schedule
 
-
-def adapter_for(plans: Sequence[Plan], problem: Problem) -> Adapter:
-    """The runtime adapter over a plan set, widened with single-device plans and copies."""
-    from .adapter import Adapter, adapter_plans
-
-    return Adapter(problem, adapter_plans(plans, problem))
-
 if TYPE_CHECKING:
     from .adapter import Adapter
     from .ir import Plan
     from .pipeline import CompileState
     from .problem import Problem
 
-__all__ = ["explain_state", "format_table"]
+__all__ = ["adapter_for", "explain_state", "format_table"]
+
+
+def adapter_for(plans: Sequence[Plan], problem: Problem, anticipate: bool = False) -> Adapter:
+    """The runtime adapter over a plan set, widened with single-device plans and copies;
+    ``anticipate``: also with the planner's plans for the changes ``adapter.plan_set``
+    prepares for (a few more solves)."""
+    from .adapter import Adapter, adapter_plans, plan_set
+
+    widened = adapter_plans(plans, problem)
+    if anticipate:
+        known = {p.name for p in widened}
+        widened += [p for p in plan_set(problem) if p.name not in known]
+    return Adapter(problem, adapter_plans(widened, problem, max_plans=32, solo=False))
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:
