@@ -26,7 +26,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -134,7 +134,16 @@ class MultiPlanDispatcher:
         self.executor = executor
         self.recompose = recompose
         self.dead: frozenset[str] = frozenset()
+        self.dead_plans: set[str] = set()
         self.router = WeightedRoundRobin(composition.weights())
+
+    def _without_dead_plans(self, composition: Composition) -> Composition:
+        """``composition`` with no request sent to a plan that failed."""
+        if not self.dead_plans & set(composition.used):
+            return composition
+        rates = {p: 0.0 if p in self.dead_plans else r for p, r in composition.rates_rps.items()}
+        excluded = {**composition.excluded, **dict.fromkeys(self.dead_plans, "failed")}
+        return replace(composition, rates_rps=rates, excluded=excluded)
 
     def switch(self, composition: Composition) -> None:
         """Take ``composition`` from the next request on."""
@@ -157,16 +166,16 @@ class MultiPlanDispatcher:
         streams answers, ``streams_answers``, times each one; others, their batch)."""
         started = time.monotonic()
         result = DispatchResult({}, {}, compositions=[self.composition])
-        events: queue.Queue[tuple[str, list[int], dict[int, Any], PlanFailure | None]] = (
-            queue.Queue()
-        )
+        events: queue.Queue[_Event] = queue.Queue()
         answered_at: dict[int, float] = {}
         active = self._launch(self.route(list(requests)), requests, events, answered_at)
         result.rounds = 1
         resent_by: list[tuple[dict[str, Any], set[int]]] = []
         while active:
-            plan, ids, answers, failure = events.get()
+            plan, ids, answers, failure, error = events.get()
             active -= 1
+            if error is not None:  # not a lost device: the caller's to handle
+                raise DoraError(f"plan {plan!r} could not serve requests {ids}: {error}") from error
             now = time.monotonic()
             for rid, output in answers.items():
                 answered_at.setdefault(rid, now)
@@ -194,10 +203,12 @@ class MultiPlanDispatcher:
     def _fail_over(
         self, failure: PlanFailure, plan: str, unanswered: list[int], result: DispatchResult
     ) -> dict[str, Any]:
-        """Drop the lost devices, re-compose over the survivors; the failure's record."""
+        """Drop the lost devices (and the failed plan, whatever it names), re-compose over the
+        survivors; the failure's record."""
         failed_at = time.monotonic()
         self.dead = self.dead | set(failure.devices)
-        composition = self.recompose(self.dead)
+        self.dead_plans.add(plan)
+        composition = self._without_dead_plans(self.recompose(self.dead))
         decision_s = time.monotonic() - failed_at
         if not composition.used:
             raise DoraError(
@@ -230,11 +241,11 @@ class MultiPlanDispatcher:
         self,
         batches: Mapping[str, list[int]],
         requests: Mapping[int, Any],
-        events: queue.Queue[tuple[str, list[int], dict[int, Any], PlanFailure | None]],
+        events: queue.Queue[_Event],
         answered_at: dict[int, float],
     ) -> int:
-        """Start a thread per plan's batch; each puts (plan, ids, answers, failure) on
-        ``events`` when it ends. Returns how many were started."""
+        """Start a thread per plan's batch; each puts (plan, ids, answers, failure, error) on
+        ``events`` when it ends, whatever happens. Returns how many were started."""
         streams = getattr(self.executor, "streams_answers", False)
 
         def stamp(rid: int, _output: Any) -> None:
@@ -247,9 +258,11 @@ class MultiPlanDispatcher:
                     answers = self.executor.run(plan, items, on_answer=stamp)  # type: ignore[call-arg]
                 else:
                     answers = self.executor.run(plan, items)
-                events.put((plan, ids, answers, None))
+                events.put((plan, ids, answers, None, None))
             except PlanFailure as failure:
-                events.put((plan, ids, failure.answered, failure))
+                events.put((plan, ids, failure.answered, failure, None))
+            except BaseException as error:  # noqa: BLE001 - reported to run(), never lost
+                events.put((plan, ids, {}, None, error))
 
         for plan, ids in batches.items():
             threading.Thread(target=work, args=(plan, ids), daemon=True).start()
@@ -257,6 +270,8 @@ class MultiPlanDispatcher:
 
 
 _DEVICE = re.compile(r"on device '([^']+)'")
+# what a batch's thread reports: plan, request ids, answers, a lost-device failure, another error
+_Event = tuple[str, list[int], dict[int, Any], PlanFailure | None, BaseException | None]
 
 
 class LauncherExecutor:
@@ -301,10 +316,7 @@ class LauncherExecutor:
                 self.folders[plan], [inputs for _, inputs in items], fault=fault, **self.run_options
             )
         except RankFailedError as exc:
-            self.runs.append({"plan": plan, "items": len(items), "failed": True,
-                              "wall_s": time.monotonic() - started})  # fmt: skip
-            devices = _DEVICE.findall(str(exc))[:1] or ["?"]
-            raise PlanFailure(plan, devices, str(exc)) from exc
+            raise _plan_failure(self.runs, plan, len(items), started, exc) from exc
         self.runs.append({"plan": plan, "items": len(items), "failed": False,
                           "wall_s": time.monotonic() - started,
                           "latency_p50_s": result.latency_p50_s})  # fmt: skip
@@ -369,10 +381,11 @@ class SessionExecutor:
         try:
             answers = session.wait(ids, on_answer=on_answer)
         except RankFailedError as exc:
-            self.runs.append({"plan": plan, "items": len(items), "failed": True,
-                              "wall_s": time.monotonic() - started})  # fmt: skip
-            devices = _DEVICE.findall(str(exc))[:1] or ["?"]
-            raise PlanFailure(plan, devices, str(exc), exc.answered) from exc
+            with self._lock:
+                if self.sessions.get(plan) is session:
+                    del self.sessions[plan]  # closed below; a later batch starts a new one
+            session.close(timeout_s=5.0)
+            raise _plan_failure(self.runs, plan, len(items), started, exc) from exc
         self.runs.append({"plan": plan, "items": len(items), "failed": False,
                           "wall_s": time.monotonic() - started})  # fmt: skip
         return answers
@@ -380,3 +393,13 @@ class SessionExecutor:
     def close(self) -> None:
         for session in self.sessions.values():
             session.close()
+
+
+def _plan_failure(
+    runs: list[dict[str, Any]], plan: str, items: int, started: float, exc: RankFailedError
+) -> PlanFailure:
+    """Record a failed batch in ``runs``; the ``PlanFailure`` naming the device the launcher
+    blamed (none when it named none) and the answers given first."""
+    runs.append({"plan": plan, "items": items, "failed": True,
+                 "wall_s": time.monotonic() - started})  # fmt: skip
+    return PlanFailure(plan, _DEVICE.findall(str(exc))[:1], str(exc), exc.answered)

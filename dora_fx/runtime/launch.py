@@ -257,13 +257,14 @@ def _spawn_and_wait(
     run_dir: str,
     port: int,
     progress: Callable[[int, int], None] | None,
+    procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> None:
     from ..ir import Plan
 
     spawn_ranks(
         "dora_fx.runtime.launch", config.to_json(), rank_table(Plan.from_json(manifest["plan"])),
         run_dir, port, progress, timeout_s=config.timeout_s, threads=config.threads,
-        progress_path=config.progress_path,
+        progress_path=config.progress_path, procs=procs,
     )  # fmt: skip
 
 
@@ -278,13 +279,15 @@ def spawn_ranks(
     timeout_s: float,
     threads: int = 1,
     progress_path: str | None = None,
+    procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> None:
     """Start ``python -m worker_module --worker CONFIG`` once per rank of ``table`` (each entry
     has ``rank`` and ``describe()``) on 127.0.0.1 and wait for all; on a failure, stop every
-    rank and raise ``RankFailedError`` naming the culprit (see ``run_local``)."""
+    rank and raise ``RankFailedError`` naming the culprit (see ``run_local``). ``procs``: a
+    list the started processes are added to (so another thread can stop them)."""
     config_path = os.path.join(run_dir, "config.json")
     Path(config_path).write_text(json.dumps(config))
-    procs: list[subprocess.Popen[bytes]] = []
+    procs = [] if procs is None else procs
     try:
         for info in table:
             env = {
@@ -307,7 +310,7 @@ def spawn_ranks(
                 )
         _wait(procs, list(table), run_dir, timeout_s, progress_path, progress)
     finally:
-        _kill_all(procs)
+        kill_all(procs)
 
 
 def _wait(
@@ -344,7 +347,7 @@ def _wait(
                 progress(int(text[0]), int(text[1]))
         time.sleep(0.05)
     if first_failure is not None:
-        _kill_all(procs)
+        kill_all(procs)
         raise _failure(first_failure[0], first_failure[1], table, run_dir)
 
 
@@ -396,7 +399,8 @@ def _log_tail(run_dir: str, rank: int, lines: int = 5) -> str:
     return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
-def _kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop every process of ``procs`` (its process group): TERM, then KILL after 2 s."""
     for proc in procs:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):

@@ -16,7 +16,10 @@ The launcher and rank 0 talk through two folders of the run directory:
 Rank 0 drains the inbox in *rounds*: it tells every rank over the control group how many
 requests the round has (0: nothing yet, a heartbeat every ``HEARTBEAT_S``; -1: the end),
 then all run them as one stream (``distributed_driver``). A failed rank ends the session
-with ``RankFailedError``; the answers written before stay readable (``Session.answers``).
+with ``RankFailedError``; ``exc.answered`` holds the answers it wrote to the ids waited for.
+
+Rounds are barriers: a request that arrives while a round runs waits for that round to end
+(the pipeline drains between rounds), so a session pipelines requests only within a round.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from ..errors import RankFailedError
 __all__ = ["Session", "Inbox", "write_answer", "HEARTBEAT_S"]
 
 HEARTBEAT_S = 1.0  # rank 0 announces an empty round at least this often when idle
-_POLL_S = 0.002
+_POLL_S = 0.005
 
 
 def _atomic_save(value: Any, path: Path) -> None:
@@ -86,10 +89,13 @@ class Session:
 
     def __init__(self, plan_dir: str | Path, example: Any, **options: Any) -> None:
         from ..serialize import _load_spec, _read_manifest
+        from .distributed_schedule import rank_schedule
         from .launch import _args_kwargs, run_config
         from .local import flatten_inputs
 
         manifest = _read_manifest(Path(plan_dir))
+        self._microbatches = options.get("microbatches") or rank_schedule(manifest).microbatches
+        self._procs: list[Any] = []
         self._in_spec = _load_spec(manifest["in_spec"])
         self._out_spec = _load_spec(manifest["out_spec"])
         self._dir = tempfile.TemporaryDirectory(prefix="dora_session_")
@@ -115,31 +121,38 @@ class Session:
         from .launch import _spawn_and_wait, free_port
 
         try:
-            _spawn_and_wait(config, manifest, run_dir, free_port(), None)
+            _spawn_and_wait(config, manifest, run_dir, free_port(), None, self._procs)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             self.error = exc
 
     def submit(self, items: Sequence[tuple[int, Any]]) -> None:
-        """Queue ``(request_id, request)`` pairs (the request as the model is called)."""
+        """Queue ``(request_id, request)`` pairs (the request as the model is called). A
+        request the plan cannot take (fewer rows than the schedule's microbatches) is refused
+        here, before anything is queued: on the ranks it would end the session."""
+        from ..errors import InputError
+        from .distributed_transport import batch_rows
         from .launch import _args_kwargs
         from .local import flatten_inputs
 
         flats = [(rid, flatten_inputs(*_args_kwargs(r), self._in_spec)) for rid, r in items]
+        m = self._microbatches
+        for rid, flat in flats:
+            if m > 1 and 0 < batch_rows(flat) < m:
+                raise InputError(
+                    f"request {rid} has {batch_rows(flat)} rows, fewer than the schedule's {m} "
+                    f"microbatches; send at least {m} rows per request"
+                )
         with self._submit_lock:  # sequence numbers in order, whoever submits
             for rid, flat in flats:
                 _atomic_save((rid, flat), self.inbox / f"{self._submitted:08d}.pt")
                 self._submitted += 1
 
-    def answers(self, request_ids: Sequence[int]) -> dict[int, Any]:
-        """The answers written so far among ``request_ids``."""
-        out = {}
-        for rid in request_ids:
-            path = self.outbox / f"{rid}.pt"
-            if path.exists():
-                out[rid] = pytree.tree_unflatten(
-                    torch.load(path, weights_only=True), self._out_spec
-                )
-        return out
+    def _read(self, rid: int) -> Any:
+        """Request ``rid``'s answer, taken out of the outbox."""
+        path = self.outbox / f"{rid}.pt"
+        outputs = pytree.tree_unflatten(torch.load(path, weights_only=True), self._out_spec)
+        path.unlink()
+        return outputs
 
     def wait(
         self,
@@ -148,32 +161,39 @@ class Session:
         on_answer: Callable[[int, Any], None] | None = None,
     ) -> dict[int, Any]:
         """Block until every id in ``request_ids`` is answered (``on_answer(id, outputs)`` as
-        each arrives); raise the session's ``RankFailedError`` if it fails first
-        (``exc.answered``: the answers it gave)."""
+        each arrives); each answer is handed out once. If the session fails first, raise a
+        ``RankFailedError`` whose ``answered`` holds the answers to these ids it gave."""
         deadline = time.monotonic() + timeout_s
-        pending = set(request_ids)
+        pending, got = set(request_ids), {}
         while pending:
-            done = {rid for rid in pending if (self.outbox / f"{rid}.pt").exists()}
-            pending -= done
-            if on_answer is not None:
-                for rid, outputs in self.answers(sorted(done)).items():
-                    on_answer(rid, outputs)
+            written = {int(name[:-3]) for name in os.listdir(self.outbox) if name[0] != "."}
+            for rid in sorted(pending & written):
+                got[rid] = self._read(rid)
+                pending.discard(rid)
+                if on_answer is not None:
+                    on_answer(rid, got[rid])
             if not pending:
                 break
             if self.error is not None or not self._thread.is_alive():
-                error = self.error or RankFailedError("the session ended before answering")
-                if isinstance(error, RankFailedError):
-                    error.answered = self.answers(request_ids)
-                raise error
+                cause = self.error or RuntimeError("the session ended before answering")
+                failure = RankFailedError(str(cause))
+                failure.answered = got
+                raise failure from cause
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(pending)} request(s) unanswered after {timeout_s} s")
             time.sleep(_POLL_S)
-        return self.answers(request_ids)
+        return got
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Ask the ranks to finish and wait for them; the session's folder is removed."""
+        """Ask the ranks to finish and wait for them (stopped after ``timeout_s``); the
+        session's folder is removed."""
+        from .launch import kill_all
+
         (self.inbox / "end").touch()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            kill_all(self._procs)
+            self._thread.join(timeout_s)
         self._dir.cleanup()
 
     def __enter__(self) -> Session:

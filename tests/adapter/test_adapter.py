@@ -226,3 +226,46 @@ def test_adapter_rides_out_the_bandwidth_drop_without_violation():
     assert static.violation_s > 0  # the drop matters for the plan chosen at the start
     per_request = lambda r: r.energy_j / r.served  # noqa: E731
     assert per_request(adapter) <= per_request(replanned) * (1 + 1e-9)
+
+
+def _two_plan_dispatcher(executor):
+    problem = _problem(rate=1.0)
+    plans = _solo(problem)[:2]
+    composer = Composer.for_problem(plans, problem)
+    figures = composer.figures(problem)
+    comp = composer.compose(figures, 1.5 * figures[0].capacity_rps)
+    names = {plans[0].name: "a", plans[1].name: "b"}
+    renamed = type(comp)(
+        **{**comp.__dict__, "rates_rps": {names[p]: r for p, r in comp.rates_rps.items()}}
+    )
+    return MultiPlanDispatcher({"a": ["x"], "b": ["y"]}, renamed, executor, lambda dead: renamed)
+
+
+class _BrokenExecutor:
+    def run(self, plan, items):
+        if plan == "a":
+            raise TimeoutError("stuck")
+        return {rid: rid for rid, _ in items}
+
+
+def test_an_unexpected_executor_error_ends_the_run_instead_of_hanging():
+    from dora_fx.errors import DoraError
+
+    with pytest.raises(DoraError, match="plan 'a' could not serve.*stuck"):
+        _two_plan_dispatcher(_BrokenExecutor()).run({rid: rid for rid in range(6)})
+
+
+class _AnonymousFailure:
+    """Plan 'a' fails without naming a device (recompose cannot exclude it by device)."""
+
+    def run(self, plan, items):
+        if plan == "a":
+            raise PlanFailure("a", [], "ended before answering")
+        return {rid: -rid for rid, _ in items}
+
+
+def test_a_failed_plan_is_not_sent_more_even_when_no_device_is_named():
+    result = _two_plan_dispatcher(_AnonymousFailure()).run({rid: rid for rid in range(10)})
+    assert sorted(result.outputs) == list(range(10)) and result.lost == []
+    assert all(result.served_by[r] == "b" for r in result.outputs)
+    assert len(result.failures) == 1
