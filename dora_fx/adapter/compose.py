@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -270,8 +270,14 @@ class Composer:
         busy = np.array([[f.busy_s.get(r, 0.0) for f in eligible] for r in resources])
         program = _Program(busy, resources, devices, cost, idle, big, self.utilization_cap)
         program.rate_limit = self.rate_limits(eligible)
-        x = program.solve(offered_rps, np.ones(n, dtype=bool))
-        x = program.improve(x, offered_rps) if objective == "energy" else x
+        allowed = np.ones(n, dtype=bool)
+        while True:
+            x = program.solve(offered_rps, allowed)
+            x = program.improve(x, offered_rps, allowed) if objective == "energy" else x
+            late = _late_when_sharing(eligible, x, slo)
+            if late is None:
+                break
+            allowed[late] = False  # its requests would wait for the others' jobs: drop it
         rates = {f.name: 0.0 for f in figures}
         for f, rate in zip(eligible, x, strict=True):
             rates[f.name] = float(rate) if rate > 1e-9 else 0.0
@@ -398,9 +404,11 @@ class _Program:
                 power += self.idle[j]
         return unserved, power
 
-    def improve(self, x: np.ndarray, offered: float, tries: int = 3) -> np.ndarray:
+    def improve(
+        self, x: np.ndarray, offered: float, allowed: np.ndarray | None = None, tries: int = 3
+    ) -> np.ndarray:
         best, (unserved, power) = x, self.true_cost(x, offered)
-        allowed = np.ones(len(self.cost), dtype=bool)
+        allowed = np.ones(len(self.cost), dtype=bool) if allowed is None else allowed.copy()
         util = {r: float(self.busy[self.row_of[r]] @ x) for r in self.devices}
         for r in sorted((r for r in util if util[r] > 1e-9), key=lambda r: util[r])[:tries]:
             trial_allowed = allowed & (self.busy[self.row_of[r]] <= 0)
@@ -411,6 +419,35 @@ class _Program:
             if t_unserved <= unserved + 1e-9 and t_power < power - 1e-9:
                 best, unserved, power, allowed = trial, t_unserved, t_power, trial_allowed
         return best
+
+
+def sharing_wait_s(name: str, job_s: Mapping[str, Mapping[str, float]]) -> float:
+    """The wait a request of plan ``name`` may meet on its most shared device: one job of
+    every other plan using that device. ``job_s``: plan -> device -> seconds per request."""
+    waits = [
+        sum(jobs[d] for other, jobs in job_s.items() if other != name and jobs.get(d, 0.0) > 0)
+        for d, seconds in job_s[name].items()
+        if seconds > 0
+    ]
+    return max(waits, default=0.0)
+
+
+def _late_when_sharing(
+    figures: Sequence[PlanFigures], x: np.ndarray, slo: float | None
+) -> int | None:
+    """The least-used plan of the mixture ``x`` whose latency plus ``sharing_wait_s`` misses
+    the SLO (plans on one device delay each other's requests), or None."""
+    used = [i for i in np.argsort(x) if x[i] > 1e-9]
+    if slo is None or len(used) < 2:
+        return None
+    job_s = {
+        figures[i].name: {r: s for r, s in figures[i].busy_s.items() if r.startswith("device:")}
+        for i in used
+    }
+    for i in used:
+        if figures[i].latency_s + sharing_wait_s(figures[i].name, job_s) > slo * (1 + 1e-9):
+            return int(i)
+    return None
 
 
 def _excluded(figures: Sequence[PlanFigures], slo: float | None) -> dict[str, str]:
