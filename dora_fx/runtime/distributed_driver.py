@@ -42,7 +42,7 @@ from .distributed_transport import (
     rank_table,
     split_sizes,
 )
-from .emulation import ComputeStretch
+from .emulation import ComputeStretch, CpuSamples
 from .segments import segment_program
 
 __all__ = ["RunConfig", "run_rank", "STARTUP_TIMEOUT_S"]
@@ -165,7 +165,7 @@ class _Driver:
         self.items = 0
         self.first_request = 0  # the first measured request
         self.device_item_s = self.host_item_s = self.host_measured_item_s = 0.0
-        self._cpu_samples: list[float] = []
+        self._cpu_samples = CpuSamples()  # the recent ones: a session runs for long
         self._device_wall_s: float | None = None  # emulated wall seconds of one item
         self._ledger: Any = None
         self._clocks = self._stream_clocks = (0.0, 0.0, 0.0)
@@ -203,9 +203,9 @@ class _Driver:
         assert self.config.inbox_dir is not None
         inbox = Inbox(self.config.inbox_dir) if self.me.rank == 0 else None
         outbox = str(Path(self.config.inbox_dir).parent / "outbox")
-        ids: dict[int, int] = {}  # request index -> request id
+        ids: dict[int, int] = {}  # request index -> request id, until answered
         if self.me.rank == 0:
-            self._answer = lambda r, outputs: write_answer(outbox, ids[r], outputs)
+            self._answer = lambda r, outputs: write_answer(outbox, ids.pop(r), outputs)
         latency_s: list[float] = []
         start = first
         while True:
@@ -230,8 +230,6 @@ class _Driver:
     def _serve(self, requests: list[list[Any]], count: int) -> list[Any]:
         """Warm-up: every rank runs its actions for ``count`` requests, rank 0 feeding them
         one after another; the first item's operations are recorded."""
-        from .emulation import measured_reference_s
-
         self.runner.record_item = 0 if count else None
         cpu_after_first = time.process_time()
         for r in range(count):
@@ -239,7 +237,7 @@ class _Driver:
                 cpu_after_first = time.process_time()  # the recorded first request is slower
             if self.me.rank == 0:
                 self._scatter(requests[r], r)
-            self.runner.run_request(r)
+            self._run_request(r)
         self.runner.flush()
         if self.me.rank == 0:
             for r in range(count):
@@ -251,7 +249,7 @@ class _Driver:
         stretch = self.runner.stretch
         self.inflation = stretch.busy_wall_s / stretch.busy_cpu_s if stretch.busy_cpu_s else 1.0
         # CPU seconds per item (the recorded, slower first item aside when there are others)
-        self.host_measured_item_s = measured_reference_s(self._cpu_samples) or stretch.busy_cpu_s
+        self.host_measured_item_s = self._cpu_samples.reference_s() or stretch.busy_cpu_s
         return list(self.runner.recorded)
 
     def _item_done(self, item: int, cpu_s: float) -> None:
@@ -262,14 +260,21 @@ class _Driver:
 
     def _rescale(self) -> None:
         """Measured reference: the mean CPU time per item of the recent items (the warm-up's
-        and the stream's; ``emulation.measured_reference_s``)."""
-        from .emulation import measured_reference_s
-
+        and the stream's; ``emulation.measured_reference_s``), from a bounded window."""
         if self.config.compute_reference != "measured" or self._device_wall_s is None:
             return
-        reference = measured_reference_s(self._cpu_samples, self._stream_start)
+        reference = self._cpu_samples.reference_s(self._stream_start)
         if reference > 0:
             self.runner.stretch.factor = self._device_wall_s / reference
+
+    def _run_request(self, r: int) -> None:
+        """Run this rank's actions for request ``r``. A rank other than 0 is then done with
+        its items (the SENTs deferred to the next request need no batch); rank 0 forgets them
+        once it collected their outputs (``_collect``)."""
+        self.runner.run_request(r)
+        if self.me.rank != 0:
+            for item in range(r * self.m, (r + 1) * self.m):
+                self.transport.forget(item)
 
     def _scatter(self, request: list[Any], r: int) -> None:
         """Rank 0: the user inputs of every microbatch of request ``r`` to the stages."""
@@ -378,7 +383,7 @@ class _Driver:
         if self.me.rank != 0:
             for k, r in enumerate(indices):
                 self._fault_at(k)
-                self.runner.run_request(r)
+                self._run_request(r)
             self.runner.flush()
             return None
         window = self.config.in_flight or len(self.wiring.table)
@@ -400,7 +405,7 @@ class _Driver:
             released.append(issued)
             self._fault_at(k)
             self._scatter(request, indices.start + k)
-            self.runner.run_request(indices.start + k)
+            self._run_request(indices.start + k)
         self.runner.flush()
         while len(done) < len(requests):
             done.append(self._collect(indices.start + len(done)))
@@ -412,6 +417,7 @@ class _Driver:
         parts, arrived = [], 0.0
         for item in range(request * self.m, (request + 1) * self.m):
             values, at = self.transport.collect_outputs(item, positions)
+            self.transport.forget(item)  # its stage ran before (``_run_request``)
             parts.append(values)
             arrived = max(arrived, at)
         outputs = []
@@ -466,6 +472,7 @@ class _Driver:
             "host_predicted_item_s": self.host_item_s,
             "host_measured_item_s": self.host_measured_item_s,
             "bytes_sent": self.transport.bytes_sent,
+            "items_open": len(self.transport.batch),  # items the transport still holds
             "microbatches": self.m,
             "contention": self.schedule.contention,
             # seconds chunks were held back for more critical flows (critical-first pacing)

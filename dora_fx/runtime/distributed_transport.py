@@ -6,14 +6,18 @@ per microbatch (item = request * microbatches + microbatch); its WAIT and SEND a
 here. Rank 0 also is the source and the sink: it cuts requests into microbatches, sends every
 stage the user inputs it uses, and collects the model outputs.
 
-Every tensor travels as a fixed-size int64 *header* (item, tag, dtype, shape, the item's batch,
-chunk index and count) and a payload, on two fixed gloo tags per pair of ranks, so receives
-need no shape agreed in advance (the batch is dynamic) and a receiver thread per sending rank
-receives continuously and files what arrives by ``(item, sender, tag)``. A SEND in ``c``
-chunks sends the flattened tensor in ``c`` consecutive pieces of near-equal size, each with
-its own header; the receiver thread joins them into the tensor and files it when the last
-one is in. So POST needs no gloo call (the receiver threads have receives posted at all
-times): it registers the expected entry, and WAIT blocks until that entry is filed.
+Every tensor travels as a self-describing message (``wire``: a fixed-size int64 header with
+item, tag, dtype, shape, the item's batch, chunk index and count, then the payload), so
+receives need no shape agreed in advance (the batch is dynamic) and a receiver thread per
+sending rank receives continuously and files what arrives by ``(item, sender, tag)``. A SEND
+in ``c`` chunks sends the flattened tensor in ``c`` consecutive pieces of near-equal size,
+each with its own header; the receiver thread joins them into the tensor and files it when
+the last one is in. So POST needs no gloo call (the receiver threads have receives posted at
+all times): it registers the expected entry, and WAIT blocks until that entry is filed.
+
+Every rank learns an item's global batch from the first header of it that it takes (rank 0
+from the request) and forgets it when done with the item (``forget``), so a long session
+keeps only the items in flight.
 
 Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
 (``split_sizes``): a sender slot sends each receiver slot the rows both hold (possibly none, an
@@ -34,12 +38,12 @@ from datetime import timedelta
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ..errors import RankFailedError
 from ..ir import Plan
 from ..schedule import ScheduleError
 from .emulation import LinkShaper
+from .wire import DATA, chunk_sizes, end_header, header, isend_message, receive_loop
 
 __all__ = [
     "RankInfo",
@@ -56,18 +60,8 @@ __all__ = [
 
 INPUT_TAG = 1 << 24  # + user input position
 OUTPUT_TAG = 2 << 24  # + user output position
-_HEADER_TAG, _PAYLOAD_TAG = 1, 2
-_MAX_DIMS = 10
-# kind, item, tag, ndim, dtype, batch, sent at (us, time.monotonic), chunk, chunks
-_FIELDS = 9
-_HEADER_LEN = _FIELDS + _MAX_DIMS  # then the dims
 _MAX_TRANSFER_LOG = 10_000
 _MAX_PENDING = 64  # un-waited sends kept before the oldest are waited
-_DATA, _END = 0, 1
-_DTYPES = [
-    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64,
-]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -111,12 +105,6 @@ def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
             max((i for i in range(len(raw)) if sizes[i] > 1), key=lambda i: sizes[i] - raw[i])
         ] -= 1
     return sizes
-
-
-def chunk_sizes(numel: int, chunks: int) -> list[int]:
-    """Elements of each chunk of a flattened tensor: near-equal, the first ones one larger."""
-    base, extra = divmod(numel, chunks)
-    return [base + (1 if i < extra else 0) for i in range(chunks)]
 
 
 def _bounds(batch: int, shares: Sequence[float]) -> list[tuple[int, int]]:
@@ -205,11 +193,14 @@ class Sending:
 
 
 @dataclass
-class _Partial:
-    """Chunks of one message received so far (receiver thread only)."""
+class _Pending:
+    """A gloo send not waited yet, with what it keeps alive and whom it goes to (to name the
+    rank if waiting fails)."""
 
-    parts: list[torch.Tensor | None]
-    sent_at: float
+    work: Any
+    dst: int
+    item: int
+    keep: tuple[torch.Tensor, ...]
 
 
 class DistTransport:
@@ -237,7 +228,7 @@ class DistTransport:
         self._mail = _Mailbox()
         self._posted: set[tuple[int, int, int]] = set()  # (item, peer stage, tag)
         self._send_locks = {dst: threading.Lock() for dst in self._destinations}
-        self._pending: list[tuple[Any, tuple[torch.Tensor, ...]]] = []
+        self._pending: list[_Pending] = []  # the main thread alone waits them
         self._pending_lock = threading.Lock()
         self._receivers = [
             threading.Thread(
@@ -247,7 +238,6 @@ class DistTransport:
         ]
         for thread in self._receivers:
             thread.start()
-
 
     # -- the schedule's actions ----------------------------------------------------------
 
@@ -269,7 +259,9 @@ class DistTransport:
         batch_dim = self.wiring.recv_dims[self.me.stage][(peer, tag)]
         return self._gather(item, self.wiring.ranks_of(peer), tag, batch_dim)
 
-    def send(self, item: int, tensor: torch.Tensor, peer: int, tag: int, chunks: int = 1) -> list[Sending]:
+    def send(
+        self, item: int, tensor: torch.Tensor, peer: int, tag: int, chunks: int = 1
+    ) -> list[Sending]:
         """SEND: hand ``tensor`` to the network for stage ``peer`` in ``chunks`` messages per
         receiving rank; returns at once with what SENT waits for."""
         batch_dim = self.wiring.send_dims[self.me.stage][(peer, tag)]
@@ -292,12 +284,7 @@ class DistTransport:
             if sending.shaped:
                 continue  # it left the emulated link; the real send follows at its arrival
             for work in sending.works:
-                if work.is_completed():  # reaped already; a second wait would hang
-                    continue
-                try:
-                    work.wait(timedelta(seconds=max(deadline - time.monotonic(), 1e-3)))
-                except Exception as exc:  # noqa: BLE001 - gloo says why the peer is gone
-                    raise self._peer_failed(sending.dst, sending.item, exc) from None
+                self._finish(work, sending.dst, sending.item, deadline)
 
     # -- user inputs and outputs ---------------------------------------------------------
 
@@ -313,6 +300,12 @@ class DistTransport:
                     item, value, self.wiring.ranks_of(stage), INPUT_TAG + position, batch_dim,
                     shaped=True,
                 )  # fmt: skip
+
+    def forget(self, item: int) -> None:
+        """This rank is done with ``item``: drop what it knew of it (its global batch). Rank 0
+        forgets an item once it collected its outputs (after running its own stage's actions
+        for it), every other rank once it ran its actions for it."""
+        self.batch.pop(item, None)
 
     def inputs(self, item: int) -> list[Any]:
         positions = self.wiring.input_stages[self.me.stage]
@@ -434,19 +427,17 @@ class DistTransport:
             sending.left.set()
             return sending
         payload = tensor.detach().to("cpu", copy=False).contiguous()
-        header = _header(_DATA, item, tag, payload, batch, chunk, shape)
+        head = header(DATA, item, tag, payload, batch, chunk, shape)
         nbytes = payload.numel() * payload.element_size()
         self.bytes_sent += nbytes
         sending.shaped = self.shaper is not None
 
         def transmit() -> None:
             with self._send_locks[dst]:
-                works = [dist.isend(header, dst, tag=_HEADER_TAG)]
-                if payload.numel():
-                    works.append(dist.isend(payload, dst, tag=_PAYLOAD_TAG))
+                works = isend_message(dst, head, payload)
             sending.works = works
             with self._pending_lock:
-                self._pending.extend((w, (header, payload)) for w in works)
+                self._pending.extend(_Pending(w, dst, item, (head, payload)) for w in works)
             if not sending.shaped:
                 sending.left.set()
 
@@ -470,10 +461,21 @@ class DistTransport:
         has a receive posted, so they complete). Only the rank's main thread reaps and runs
         SENT, and both wait a work only while it is not completed: never twice."""
         with self._pending_lock:
-            self._pending = [(w, keep) for w, keep in self._pending if not w.is_completed()]
+            self._pending = [p for p in self._pending if not p.work.is_completed()]
             excess = self._pending[: max(len(self._pending) - _MAX_PENDING, 0)]
-        for work, _ in excess:
-            work.wait(timedelta(seconds=self.timeout_s))
+        for pending in excess:
+            self._finish(pending.work, pending.dst, pending.item, time.monotonic() + self.timeout_s)
+
+    def _finish(self, work: Any, dst: int, item: int, deadline: float) -> None:
+        """Wait a gloo send unless it completed (gloo marks a send completed only once it was
+        waited, and waiting it again waits for another send: it would hang); a failure names
+        the receiving rank. Main thread only."""
+        if work.is_completed():
+            return
+        try:
+            work.wait(timedelta(seconds=max(deadline - time.monotonic(), 1e-3)))
+        except Exception as exc:  # noqa: BLE001 - gloo says why the peer is gone
+            raise self._peer_failed(dst, item, exc) from None
 
     def _deposit(self, src: int, item: int, tag: int, tensor: torch.Tensor, batch: int) -> None:
         with self._mail.cond:
@@ -514,39 +516,16 @@ class DistTransport:
         return error
 
     def _receive_from(self, src: int) -> None:
-        timeout = timedelta(seconds=self.timeout_s)
-        partial: dict[tuple[int, int], _Partial] = {}  # (item, tag) -> chunks so far
+        """Receiver thread of ``src``: file every message it sends until it says it is done."""
+
+        def deliver(item: int, tag: int, payload: torch.Tensor, batch: int, sent_at: float) -> None:
+            self._deposit(src, item, tag, payload, batch)
+            if len(self.transfers) < _MAX_TRANSFER_LOG:
+                nbytes = payload.numel() * payload.element_size()
+                self.transfers.append((src, item, tag, nbytes, sent_at, time.monotonic()))
+
         try:
-            while True:
-                header = torch.empty(_HEADER_LEN, dtype=torch.int64)
-                _wait(dist.irecv(header, src, tag=_HEADER_TAG), timeout)
-                fields = [int(v) for v in header[:_FIELDS]]
-                kind, item, tag, ndim, dtype, batch, sent_us, chunk, chunks = fields
-                if kind == _END:
-                    return
-                shape = [int(v) for v in header[_FIELDS : _FIELDS + ndim]]
-                if chunks > 1:
-                    numel = 1
-                    for size in shape:
-                        numel *= size
-                    payload = torch.empty(chunk_sizes(numel, chunks)[chunk], dtype=_DTYPES[dtype])
-                else:
-                    payload = torch.empty(shape, dtype=_DTYPES[dtype])
-                if payload.numel():
-                    _wait(dist.irecv(payload, src, tag=_PAYLOAD_TAG), timeout)
-                sent_at = sent_us * 1e-6
-                if chunks > 1:
-                    entry = partial.setdefault((item, tag), _Partial([None] * chunks, sent_at))
-                    entry.parts[chunk] = payload
-                    if any(p is None for p in entry.parts):
-                        continue
-                    del partial[(item, tag)]
-                    payload = torch.cat(entry.parts).view(shape)  # type: ignore[arg-type]
-                    sent_at = entry.sent_at
-                self._deposit(src, item, tag, payload, batch)
-                if len(self.transfers) < _MAX_TRANSFER_LOG:
-                    nbytes = payload.numel() * payload.element_size()
-                    self.transfers.append((src, item, tag, nbytes, sent_at, time.monotonic()))
+            receive_loop(src, timedelta(seconds=self.timeout_s), deliver)
         except BaseException as exc:  # noqa: BLE001 - the main thread raises it
             with self._mail.cond:
                 self._mail.errors[src] = exc
@@ -559,15 +538,15 @@ class DistTransport:
         if self.shaper is not None:
             self.shaper.close(self.timeout_s)
         for dst in self._destinations:
-            end = torch.zeros(_HEADER_LEN, dtype=torch.int64)
-            end[0] = _END
+            end = end_header()
             with self._send_locks[dst]:
-                work = dist.isend(end, dst, tag=_HEADER_TAG)
+                works = isend_message(dst, end, None)
             with self._pending_lock:
-                self._pending.append((work, (end,)))
-        for work, _ in self._pending:
-            if not work.is_completed():  # a gloo work waited twice waits for a second send
-                work.wait(timedelta(seconds=self.timeout_s))
+                self._pending.extend(_Pending(w, dst, -1, (end,)) for w in works)
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        for entry in pending:
+            self._finish(entry.work, entry.dst, entry.item, time.monotonic() + self.timeout_s)
         deadline = time.monotonic() + self.timeout_s
         for src, thread in zip(self._sources, self._receivers):
             thread.join(max(deadline - time.monotonic(), 0.0))
@@ -577,38 +556,9 @@ class DistTransport:
                 raise self._peer_failed(src, -1, TimeoutError("it never said it was done"))
 
 
-def _wait(work: Any, timeout: timedelta) -> None:
-    if work is not None:
-        work.wait(timeout)
-
-
 def batch_rows(flat: Sequence[Any]) -> int:
     """Rows of a request: the first dim of its first tensor with dims (0 if none)."""
     for value in flat:
         if isinstance(value, torch.Tensor) and value.dim():
             return int(value.shape[0])
     return 0
-
-
-def _header(
-    kind: int,
-    item: int,
-    tag: int,
-    tensor: torch.Tensor,
-    batch: int,
-    chunk: tuple[int, int] = (0, 1),
-    shape: Sequence[int] | None = None,
-) -> torch.Tensor:
-    """A message's header; a chunk's header carries the whole tensor's ``shape``."""
-    shape = list(tensor.shape if shape is None else shape)
-    if len(shape) > _MAX_DIMS:
-        raise ValueError(f"tensors of more than {_MAX_DIMS} dims cannot be sent, got {len(shape)}")
-    if tensor.dtype not in _DTYPES:
-        raise TypeError(f"cannot send a {tensor.dtype} tensor; supported: {_DTYPES}")
-    header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
-    sent_us = int(time.monotonic() * 1e6)
-    fields = [kind, item, tag, len(shape), _DTYPES.index(tensor.dtype), batch, sent_us, *chunk]
-    header[:_FIELDS] = torch.tensor(fields, dtype=torch.int64)
-    if shape:
-        header[_FIELDS : _FIELDS + len(shape)] = torch.tensor(shape, dtype=torch.int64)
-    return header

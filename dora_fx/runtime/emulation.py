@@ -49,8 +49,10 @@ import os
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,7 @@ __all__ = [
     "host_capacity_scale",
     "dilation",
     "measured_reference_s",
+    "CpuSamples",
     "ComputeStretch",
     "MediumLedger",
     "LinkShaper",
@@ -159,13 +162,44 @@ def measured_reference_s(cpu_samples: Sequence[float], stream_start: int = 0) ->
     An item then lasts the predicted time times its own deviation from that mean, so items
     last the predicted time on average. (The median did not: CPU times on a shared host skew
     right. Nor did warm-up samples: items run back to back there, on warm caches, and took
-    6-12% less CPU than the stream's, which sleep between items.)"""
-    stream = cpu_samples[stream_start:]
-    window = (stream if len(stream) >= _STREAM_SAMPLES else cpu_samples)[-REFERENCE_WINDOW:]
-    return sum(window) / len(window) if window else 0.0
+    6-12% less CPU than the stream's, which sleep between items.)
+
+    Reads only the window: O(``REFERENCE_WINDOW``) whatever the number of samples."""
+    total = len(cpu_samples)
+    take = _window_len(total, len(range(total)[stream_start:]))
+    return sum(cpu_samples[total - take :]) / take if take else 0.0
+
+
+def _window_len(total: int, stream: int) -> int:
+    """How many of the last samples ``measured_reference_s`` averages: the stream's once it
+    has ``_STREAM_SAMPLES``, else all, at most ``REFERENCE_WINDOW``."""
+    return min(stream if stream >= _STREAM_SAMPLES else total, REFERENCE_WINDOW)
 
 
 _STREAM_SAMPLES = 8
+
+
+class CpuSamples:
+    """CPU seconds per item as a rank measures them, keeping only the last
+    ``REFERENCE_WINDOW`` (what ``measured_reference_s`` reads) however long the rank serves:
+    ``reference_s(stream_start)`` is ``measured_reference_s`` of every sample appended so far,
+    in constant time and memory."""
+
+    def __init__(self) -> None:
+        self.count = 0  # samples appended so far
+        self._recent: deque[float] = deque(maxlen=REFERENCE_WINDOW)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, cpu_s: float) -> None:
+        self._recent.append(cpu_s)
+        self.count += 1
+
+    def reference_s(self, stream_start: int = 0) -> float:
+        take = _window_len(self.count, len(range(self.count)[stream_start:]))
+        recent = self._recent
+        return sum(islice(recent, len(recent) - take, None)) / take if take else 0.0
 
 
 HOST_LOAD = 0.3  # of the cores left to the run: the share an emulated run may keep busy
@@ -437,7 +471,9 @@ class LinkShaper:
         policy: str = "fair",
     ) -> None:
         if policy not in ("fair", "critical-first"):
-            raise ValueError(f"contention policy must be 'fair' or 'critical-first', got {policy!r}")
+            raise ValueError(
+                f"contention policy must be 'fair' or 'critical-first', got {policy!r}"
+            )
         self.network, self.ledger, self.time_scale, self.rank = network, ledger, time_scale, rank
         self.policy = policy
         self._queues: dict[int, queue.Queue[_Job | None]] = {}
@@ -445,6 +481,7 @@ class LinkShaper:
         self._threads: list[threading.Thread] = []
         self.error: BaseException | None = None
         self.held_s = 0.0  # wall seconds chunks were held back for more critical flows
+        self._held_lock = threading.Lock()  # the link threads of every destination add to it
 
     def submit(
         self,
@@ -468,7 +505,9 @@ class LinkShaper:
                 )
                 thread.start()
                 self._threads.append(thread)
-        job = _Job(src_device, dst_device, nbytes, time.monotonic(), shaped, action, priority, on_left)
+        job = _Job(
+            src_device, dst_device, nbytes, time.monotonic(), shaped, action, priority, on_left
+        )
         self._queues[dst_rank].put(job)
 
     def _serialize(self, dst_rank: int) -> None:
@@ -525,7 +564,8 @@ class LinkShaper:
                     while (until := self.ledger.held_until(flow, priority, keys)) is not None:
                         began = time.monotonic()
                         _sleep_until(max(began + self.POLL_S, until - 0.5 * chunk * slowest))
-                        self.held_s += time.monotonic() - began
+                        with self._held_lock:
+                            self.held_s += time.monotonic() - began
                 end = self.ledger.reserve(hops, chunk, end, flow)
                 bits_left -= chunk
         finally:

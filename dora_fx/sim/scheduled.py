@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from ..cost_models.network import Network
 from ..ir import Plan
 from ..problem import Problem
-from ..schedule import Schedule
+from ..schedule import Schedule, relower
 from .fluid import FluidNetwork, _Flow
 from .result import SimResult
 from .simulator import _FLOW_DONE, SimConfig, _Run, _Task
@@ -94,8 +94,10 @@ class PriorityFluidNetwork(FluidNetwork):
 class _ScheduledRun(_Run):
     def __init__(self, plan: Plan, problem: Problem, config: SimConfig, critical_first: bool):
         super().__init__(
-            plan, problem, plan_work(plan, problem, config.microbatches, config.source,
-                                     config.sink), config
+            plan,
+            problem,
+            plan_work(plan, problem, config.microbatches, config.source, config.sink),
+            config,
         )
         self.critical_first = critical_first
         if critical_first:
@@ -179,15 +181,20 @@ def simulate_schedule(
     schedule: Schedule, plan: Plan, problem: Problem, config: SimConfig | None = None
 ) -> SimResult:
     """Simulate ``plan`` executing ``schedule`` (its microbatches, overlap and contention
-    policy); ``config`` gives the load (requests, concurrency or rate, source, sink)."""
+    policy); ``config`` gives the load (requests, concurrency or rate, source, sink).
+
+    ``config.microbatches`` other than 1 (``SimConfig``'s default) simulates the schedule
+    relowered for that many microbatches (``schedule.relower``, as a distributed run asked
+    for another count executes it); 1 keeps the schedule's own count. To simulate a schedule
+    compiled for several microbatches with one, pass ``relower(schedule, 1)``."""
+    if config is not None and config.microbatches not in (1, schedule.microbatches):
+        schedule = relower(schedule, config.microbatches)
     run_config = schedule_config(schedule, config)
     critical_first = schedule.contention == "critical-first"
     return _ScheduledRun(plan, problem, run_config, critical_first).run()
 
 
-def schedule_metrics(
-    schedule: Schedule, plan: Plan, problem: Problem
-) -> tuple[Metrics, SimResult]:
+def schedule_metrics(schedule: Schedule, plan: Plan, problem: Problem) -> tuple[Metrics, SimResult]:
     """``plan``'s figures under ``schedule``, simulated (``evaluate`` gives them analytically):
 
     * latency: one request on an idle cluster;

@@ -40,11 +40,14 @@ def test_gpt2_group_to_group_with_emulation(gpt2_plan, tmp_path, host):
     assert result.time_scale == 4.0
     assert len(result.latency_s) == 3 and result.throughput_rps > 0
     assert all(r["busy_s"] > 0 for r in result.ranks)
+    assert all(r["items_open"] == 0 for r in result.ranks)  # every item's batch forgotten
 
 
 def test_mobilenetv2_scatter_and_gather(mobilenet_plan, tmp_path):
     model, example, folder = mobilenet_plan
-    folder = data_parallel(copy_plan(folder, tmp_path / "dp"), {1: (["laptop", "jetson"], [0.3, 0.7])})
+    folder = data_parallel(
+        copy_plan(folder, tmp_path / "dp"), {1: (["laptop", "jetson"], [0.3, 0.7])}
+    )
     requests = _requests(example, 3)
     result = run_local(folder, requests, emulate=False, in_flight=2, timeout_s=30)
     assert len(result.ranks) == 4
@@ -75,7 +78,9 @@ def test_rank_table_is_stage_major():
     )
     table = rank_table(plan)
     assert [(r.rank, r.stage, r.slot, r.device) for r in table] == [
-        (0, 0, 0, "a"), (1, 1, 0, "b"), (2, 1, 1, "c"),
+        (0, 0, 0, "a"),
+        (1, 1, 0, "b"),
+        (2, 1, 1, "c"),
     ]
     assert table[2].describe() == "rank 2 (stage 1 slot 1 on device 'c')"
 
@@ -134,10 +139,16 @@ def test_ranks_execute_their_schedule_with_microbatches_and_chunks(tmp_path, mon
         )
         assert rank["microbatches"] == 2 and rank["contention"] == "critical-first"
     # a chunked value arrives whole: the receiver logs one transfer of the full tensor
-    chunked = {(r.peer, r.index) for s in schedule.stages for r in s.actions
-               if r.kind is Kind.SEND and r.chunks > 1}
+    chunked = {
+        (r.peer, r.index)
+        for s in schedule.stages
+        for r in s.actions
+        if r.kind is Kind.SEND and r.chunks > 1
+    }
     assert chunked
-    received = [t for r in result.ranks for t in r["received"] if t["tag"] in {tag for _, tag in chunked}]
+    received = [
+        t for r in result.ranks for t in r["received"] if t["tag"] in {tag for _, tag in chunked}
+    ]
     assert received and {t["bytes"] for t in received} == {3 * 64 * 4}, received
 
 
@@ -160,8 +171,11 @@ def _pipelined(actions, requests):
     last microbatch that close it moved after the next request's first segment."""
     last = max(i for i, a in enumerate(actions) if "F" in a)
     last_mb = max(int(a.split("F")[0]) for a in actions if "F" in a and "SENT" not in a)
-    closing = [i for i in range(last + 1, len(actions))
-               if "SENT" in actions[i] and actions[i].startswith(f"{last_mb}SENT")]
+    closing = [
+        i
+        for i in range(last + 1, len(actions))
+        if "SENT" in actions[i] and actions[i].startswith(f"{last_mb}SENT")
+    ]
     order, deferred = [], []
     for r in requests:
         flushed = not deferred
@@ -174,3 +188,51 @@ def _pipelined(actions, requests):
                 flushed = True
         deferred = [(r, actions[i]) for i in closing]
     return order + deferred
+
+
+class _DeadPeerWork:
+    """A gloo send whose receiver died: never completed, waiting it fails."""
+
+    def is_completed(self):
+        return False
+
+    def wait(self, timeout):
+        raise RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1234")
+
+
+def _lonely_transport():
+    """Rank 0 of a two-rank table with no links (so no receiver threads, no gloo calls)."""
+    from dora_fx.runtime.distributed_transport import (
+        _MAX_PENDING,
+        DistTransport,
+        RankInfo,
+        StageWiring,
+    )
+
+    table = [RankInfo(0, 0, 0, "a", (1.0,)), RankInfo(1, 1, 0, "b", (1.0,))]
+    wiring = StageWiring(table, {0: {}, 1: {}}, {0: {}, 1: {}}, {}, {0: [], 1: []}, {0: [], 1: []})
+    return DistTransport(table[0], wiring, timeout_s=1.0), _MAX_PENDING
+
+
+@pytest.mark.parametrize("where", ["reap", "close"])
+def test_a_dead_peer_found_waiting_a_send_is_named(where):
+    """Waiting un-waited sends (reaping the oldest, closing) names the receiving rank as the
+    suspect, as SENT does, rather than raising gloo's error."""
+    from dora_fx.runtime.distributed_transport import _Pending
+
+    transport, limit = _lonely_transport()
+    transport._pending = [_Pending(_DeadPeerWork(), 1, 7, ()) for _ in range(limit + 1)]
+    with pytest.raises(
+        RankFailedError, match=r"item 7 for rank 1 \(stage 1 on device 'b'\)"
+    ) as info:
+        transport._reap() if where == "reap" else transport.close()
+    assert info.value.suspect_rank == 1
+
+
+def test_an_item_is_forgotten_once_done():
+    transport, _ = _lonely_transport()
+    transport.scatter_inputs(3, [torch.zeros(4, 2)])
+    assert transport.batch == {3: 4}
+    transport.forget(3)
+    transport.forget(3)  # twice: no harm
+    assert transport.batch == {}

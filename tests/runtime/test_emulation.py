@@ -52,7 +52,9 @@ def test_recorded_ops_are_priced_with_the_roofline():
     dense = [op for op in recorder.ops if op.op_class == "dense"]
     assert dense[0].flops == 2 * 64 * 32 * 16
     device = dora_fx.Device("d", dense_flops_per_s=1e9, memory_bandwidth_bytes_per_s=1e12)
-    assert stage_time_s(device, dense) == device.node_time_s(2 * 64 * 32 * 16, dense[0].bytes_moved, "dense")
+    assert stage_time_s(device, dense) == device.node_time_s(
+        2 * 64 * 32 * 16, dense[0].bytes_moved, "dense"
+    )
 
 
 def test_cli_run_says_what_to_send(mlp_plan, capsys):
@@ -79,6 +81,26 @@ def test_measured_reference_is_the_stream_mean_once_there_are_enough_samples():
     assert measured_reference_s(warmup + [3.0], stream_start=3) == 1.5  # too few: all samples
     assert measured_reference_s(warmup + [2.0, 4.0] * 4, stream_start=3) == 3.0
     assert measured_reference_s([]) == 0.0
+
+
+def test_cpu_samples_keep_a_window_with_the_reference_of_all_samples():
+    """A rank keeps only the last REFERENCE_WINDOW samples, with the reference of the whole
+    list: before the stream, early in it (too few: all samples) and far into it."""
+    import random
+
+    from dora_fx.runtime.emulation import REFERENCE_WINDOW, CpuSamples, measured_reference_s
+
+    rng = random.Random(0)
+    samples, window = [], CpuSamples()
+    assert window.reference_s() == 0.0
+    warmup = 5
+    for n in range(3 * REFERENCE_WINDOW):
+        value = rng.uniform(0.5, 2.0)
+        samples.append(value)
+        window.append(value)
+        for start in (0, warmup, n - 3, n + 1):
+            assert window.reference_s(start) == measured_reference_s(samples, start), (n, start)
+    assert len(window) == len(samples) and len(window._recent) == REFERENCE_WINDOW
 
 
 def test_allocations_are_not_priced():
@@ -111,7 +133,9 @@ def _race(tmp_path, policy):
     nbytes = 50_000  # 0.1 s of air alone
     shapers[0].submit(2, "a", "c", nbytes, lambda: None, priority=(1, 0, -1), on_left=done("bulk"))
     time.sleep(0.02)
-    shapers[1].submit(3, "b", "d", nbytes, lambda: None, priority=(0, 0, -1), on_left=done("critical"))
+    shapers[1].submit(
+        3, "b", "d", nbytes, lambda: None, priority=(0, 0, -1), on_left=done("critical")
+    )
     for shaper in shapers:
         shaper.close(10.0)
     for ledger in ledgers:

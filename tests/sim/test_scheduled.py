@@ -1,0 +1,27 @@
+"""The simulator of schedules (``sim.scheduled``) honours a requested microbatch count."""
+
+from __future__ import annotations
+
+from simcases import chain_problem, pipeline
+
+from dora_fx.scenarios import edge_cluster
+from dora_fx.schedule import Step, lower, relower
+from dora_fx.sim import SimConfig
+from dora_fx.sim.scheduled import simulate_schedule
+
+
+def test_a_requested_microbatch_count_relowers_the_schedule():
+    problem = chain_problem(edge_cluster(4), n_blocks=8, flops=2e10)
+    plan = pipeline(["jetson0", "jetson1", "jetson2", "jetson3"], 8)
+    steps = [[Step("compute", 0)] for _ in plan.stages]
+    schedule = lower(steps, 2, "overlap", "fair")
+
+    compiled = simulate_schedule(schedule, plan, problem, SimConfig(requests=2))
+    assert compiled.config.microbatches == 2  # SimConfig's default: the schedule's count
+    four = simulate_schedule(schedule, plan, problem, SimConfig(requests=2, microbatches=4))
+    assert four.config.microbatches == 4
+    relowered = simulate_schedule(relower(schedule, 4), plan, problem, SimConfig(requests=2))
+    assert four.latencies_s == relowered.latencies_s
+    assert four.latencies_s[0] < compiled.latencies_s[0]  # finer microbatches overlap more
+    one = simulate_schedule(relower(schedule, 1), plan, problem, SimConfig(requests=2))
+    assert one.config.microbatches == 1 and one.latencies_s[0] > compiled.latencies_s[0]
