@@ -133,3 +133,17 @@ def test_calibrated_host_uses_a_non_increasing_curve(tmp_path):
 def test_unknown_calibration_part():
     with pytest.raises(ValueError, match="unknown calibration part"):
         _measure_part("nope", 1, True)
+
+
+def test_fresh_page_threshold_ignores_a_noisy_small_size():
+    from dora_fx.cost_models.calibrate import _fit_fresh_pages
+
+    def touch(mb, seconds):
+        return Measurement(f"touch {mb}", "fault", 0, mb * MB, seconds, mb * MB)
+
+    rows = [touch(8, 3e-3), touch(16, 1e-7), touch(24, 1e-7), touch(36, 18e-3), touch(48, 24e-3)]
+    rate, threshold = _fit_fresh_pages(rows)
+    assert 24 * MB < threshold < 36 * MB
+    assert rate == pytest.approx(84 * MB / 42e-3)
+    assert _fit_fresh_pages([touch(8, 1e-7), touch(16, 1e-7)]) == (None, None)
+    assert _fit_fresh_pages([touch(8, 3e-3), touch(16, 1e-7)]) == (None, None)
