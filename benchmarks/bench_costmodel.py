@@ -11,9 +11,9 @@
    processes (3 for GPT-2, 9 for MobileNetV2) is the measured time. Also printed: the
    block-level prediction the planner sees (a one-stage plan on the host, dora_fx.evaluate),
    which uses one bandwidth per class instead of the per-size curve.
-   Microbenchmarks and models are measured in interleaved rounds; the fastest time of each
-   microbenchmark is kept (on a shared machine, other work only ever adds time). Each part
-   waits (up to 2 minutes) for the machine to be idle first.
+   Microbenchmarks and models are measured in 3 interleaved rounds of fresh processes; the
+   median over the rounds of each microbenchmark is kept, as for the models. Each part waits
+   (up to 2 minutes) for the machine to be idle first.
 3. Simulator speed: 10,000 requests through a 6-stage plan of GPT-2 small's blocks on
    edge_cluster(6), open loop at 80% of capacity, timeline recorded.
 
@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -154,11 +155,12 @@ def main() -> None:
     repeats = 3 if args.quick else 7
 
     # Capture once; then measure in rounds, interleaving the microbenchmarks with the models.
-    # Microbenchmarks keep the fastest of the rounds (other work only ever adds time). Each
-    # model is timed in fresh processes, as a deployed stage runs, and the median over the
-    # processes is kept: on this host a process's steady state depends on where the allocator
-    # happens to lay out its heap (MobileNetV2 runs at 0.24-0.45 s from one fresh process to
-    # the next on an idle machine), so the fastest process would be a lucky outlier.
+    # Microbenchmarks and models run in fresh processes, as a deployed stage runs, and the
+    # median over the processes is kept for each: on this host a process's steady state
+    # depends on where the allocator happens to lay out its heap (MobileNetV2 runs at
+    # 0.24-0.45 s from one fresh process to the next on an idle machine, a depthwise
+    # convolution at 2 or 20 ms), so the fastest process would be a lucky outlier. Within a
+    # process, the calibration keeps the least disturbed sample.
     graphs = {}
     for name in ("gpt2", "mobilenetv2"):
         model, example = models.build(name, size="full", batch=8)
@@ -166,7 +168,7 @@ def main() -> None:
         del model, example
     rounds = 1 if args.quick else 3
     processes_per_round = {"gpt2": 1, "mobilenetv2": 1 if args.quick else 3}
-    rows: list[Measurement] = []
+    rounds_rows: list[list[Measurement]] = []
     samples: dict[str, list[float]] = {name: [] for name in graphs}
     start = time.perf_counter()
     waited = 0.0
@@ -176,12 +178,12 @@ def main() -> None:
                 waited += _wait_until_idle()
                 samples[name].append(_time_in_subprocess(name, args.quick))
         waited += _wait_until_idle()
-        fresh = measure_host(repeats=repeats, quick=args.quick)
-        rows = (
-            fresh
-            if not rows
-            else [min(a, b, key=lambda r: r.measured_s) for a, b in zip(rows, fresh, strict=True)]
-        )
+        rounds_rows.append(measure_host(repeats=repeats, quick=args.quick))
+    # each microbenchmark: the median over the rounds' fresh processes, like the models
+    rows = [
+        replace(same[0], measured_s=statistics.median(r.measured_s for r in same))
+        for same in zip(*rounds_rows, strict=True)
+    ]
     measured = {name: statistics.median(values) for name, values in samples.items()}
     measure_s = time.perf_counter() - start
     host = fit_device(rows)
