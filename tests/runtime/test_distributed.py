@@ -55,12 +55,18 @@ def test_mobilenetv2_scatter_and_gather(mobilenet_plan, tmp_path):
         assert close(output["logits"], model(*request).logits)
 
 
-def test_pipeline_of_three_with_microbatches(mlp_plan):
-    model, example, folder = mlp_plan
-    requests = _requests((torch.zeros(6, 64),), 4)
-    result = run_local(folder, requests, microbatches=3, emulate=False, timeout_s=30)
+def _run_equal_to_model(plan, rows: int, count: int, microbatches: int):
+    """Run ``count`` MLP requests of ``rows`` rows; every output equals the model's."""
+    model, _, folder = plan
+    requests = _requests((torch.zeros(rows, 64),), count)
+    result = run_local(folder, requests, microbatches=microbatches, emulate=False, timeout_s=30)
     for request, output in zip(requests, result.outputs):
         assert close(output, model(*request))
+    return result
+
+
+def test_pipeline_of_three_with_microbatches(mlp_plan):
+    result = _run_equal_to_model(mlp_plan, rows=6, count=4, microbatches=3)
     assert "latency p50" in result.table()
 
 
@@ -153,17 +159,13 @@ def test_ranks_execute_their_schedule_with_microbatches_and_chunks(tmp_path, mon
 
 
 def test_a_run_with_another_microbatch_count_relowers_the_schedule(mlp2_plan):
-    model, example, folder = mlp2_plan
-    requests = _requests((torch.zeros(4, 64),), 2)
-    result = run_local(folder, requests, microbatches=4, emulate=False, timeout_s=30)
-    for request, output in zip(requests, result.outputs):
-        assert close(output, model(*request))
+    result = _run_equal_to_model(mlp2_plan, rows=4, count=2, microbatches=4)
     assert "microbatches=4" in result.schedule
     assert any("relowered for 4 microbatch(es)" in n for n in result.notes)
     from dora_fx.errors import InputError
 
     with pytest.raises(InputError, match="fewer than the schedule's 4 microbatches"):
-        run_local(folder, [(torch.zeros(2, 64),)], microbatches=4, emulate=False)
+        run_local(mlp2_plan[2], [(torch.zeros(2, 64),)], microbatches=4, emulate=False)
 
 
 def _pipelined(actions, requests):
