@@ -35,7 +35,9 @@ class NodeCost:
     ``op_class`` is ``dense`` (matmul / conv / attention: compute-bound on most devices),
     ``other`` (elementwise, normalization, reductions: memory-bound), or ``view`` (free:
     reshapes, getitem, shape queries). ``has_formula`` is False when no FLOP formula exists for
-    the op; its FLOPs are then 0 and explain() lists it.
+    the op; its FLOPs are then 0 and explain() lists it. ``misaligned_flops`` is ``flops``
+    for a matrix multiply whose output rows are not a whole number of 32-byte vectors (its
+    kernel runs slower: ``Device.misaligned_dense_efficiency``), else 0.
     """
 
     flops: sympy.Expr
@@ -44,6 +46,7 @@ class NodeCost:
     param_bytes: sympy.Expr
     op_class: str
     has_formula: bool = True
+    misaligned_flops: sympy.Expr = sympy.Integer(0)
 
 
 @dataclass(frozen=True)

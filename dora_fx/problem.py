@@ -26,7 +26,9 @@ class Block:
     live tensors that cross the cut after this block (what a stage boundary here sends);
     ``param_bytes``: weights and buffers the block reads; ``ops``: node count, for per-op
     overhead; ``name``: where it came from (a module path), for explain(); ``dense_bytes``:
-    the part of ``bytes`` moved by dense nodes (None: price the block with one roofline).
+    the part of ``bytes`` moved by dense nodes (None: price the block with one roofline);
+    ``misaligned_flops``: the part of ``dense_flops`` in matrix multiplies whose output rows
+    are not whole 32-byte vectors (priced at ``Device.misaligned_dense_efficiency``).
     """
 
     flops: float
@@ -37,6 +39,7 @@ class Block:
     ops: int = 1
     name: str = ""
     dense_bytes: float | None = None  # bytes moved by the dense nodes: one roofline per class
+    misaligned_flops: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("flops", "bytes", "out_bytes", "param_bytes"):

@@ -12,7 +12,7 @@ on a small VM; a stage, like the benchmark's models, runs in a fresh process):
   clone, gelu, layer_norm, softmax, transposed copy, pad (``copy`` and ``elementwise``), each
   consuming the previous op's output, as in a forward: inputs just written (in cache when they
   fit), outputs freshly allocated; each op timed inside the chain, fastest of several runs;
-* ``matmul`` and ``conv``: the ``dense`` class: four matmuls, three regular convolutions and
+* ``matmul`` and ``conv``: the ``dense`` class: four matmuls (and three with an odd N), three regular convolutions and
   MobileNetV1's stem, depthwise and pointwise layers (low-intensity kernels).
 
 Fitting, with ``t'`` the time past the per-op overhead and the fresh pages of the output:
@@ -31,7 +31,10 @@ Fitting, with ``t'`` the time past the per-op overhead and the fresh pages of th
   never streams faster); ``memory_bandwidth_bytes_per_s``, which block times use, is the
   harmonic mean of the curve (the chain's total with equal bytes at each size);
 * ``dense_flops_per_s`` = median ``FLOPs / t'`` of the dense rows reaching at least half of it
-  (from the matmuls' median, iterated);
+  (from the matmuls' median, iterated), misaligned matmuls left out;
+* ``misaligned_dense_efficiency`` = median fraction of that rate the misaligned matmuls (N odd:
+  output rows not whole 32-byte vectors) reach: 0.65-0.8 here, where GPT-2's LM head
+  (N = 50257) sits;
 * ``dense_bandwidth_bytes_per_s`` = total bytes over total ``t'`` of the convolutions below half
   the dense roof (depthwise, few-channel): the rate at which memory-limited dense kernels
   process the bytes the cost records count.
@@ -79,6 +82,7 @@ class Measurement:
     bytes_moved: float
     measured_s: float
     output_bytes: float | None = None  # None: half the traffic (as Device.node_time_s)
+    misaligned: bool = False  # a matmul whose output rows are not whole cache lines
 
     def predicted_s(self, device: Device) -> float:
         if self.op_class == "overhead":
@@ -86,7 +90,10 @@ class Measurement:
         if self.op_class == "fault":
             return device.fresh_pages_s(self.bytes_moved)
         roofline = "dense" if self.op_class in ("matmul", "conv") else "other"
-        return device.node_time_s(self.flops, self.bytes_moved, roofline, self.output_bytes)
+        misaligned = self.flops if self.misaligned else 0.0
+        return device.node_time_s(
+            self.flops, self.bytes_moved, roofline, self.output_bytes, misaligned
+        )
 
     def to_json(self, device: Device | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -98,6 +105,8 @@ class Measurement:
         }
         if self.output_bytes is not None:
             row["output_bytes"] = self.output_bytes
+        if self.misaligned:
+            row["misaligned"] = True
         if device is not None:
             row["predicted_s"] = self.predicted_s(device)
         return row
@@ -163,8 +172,12 @@ _TOUCH_MB_QUICK: tuple[float, ...] = (8, 24, 48)
 # Dense suite: matmuls (m, k, n) and convolutions (batch, c_in, hw, c_out, kernel, groups,
 # stride): three regular convolutions, then MobileNetV1's stem, depthwise and pointwise
 # layers (Howard et al. 2017, Table 1), the low-intensity kinds of mobile CNNs.
-_MATMULS = [(512, 512, 512), (1024, 768, 768), (1024, 768, 3072), (1024, 3072, 768)]
-_MATMULS_QUICK = [(512, 512, 512), (1024, 768, 768)]
+# Matmul shapes are none of the zoo models' (no 768/3072 GPT-2 widths); the misaligned ones
+# (output rows not whole 32-byte vectors: N odd) measure how much slower such kernels run.
+_MATMULS = [(512, 512, 512), (1024, 1024, 1024), (2048, 512, 2048), (512, 2048, 1536)]
+_MATMULS_QUICK = [(512, 512, 512), (1024, 1024, 1024)]
+_MISALIGNED_MATMULS = [(1024, 1024, 1001), (2048, 512, 2047), (512, 2048, 1533)]
+_MISALIGNED_MATMULS_QUICK = [(1024, 1024, 1001)]
 _CONVS = [
     (8, 64, 56, 64, 3, 1, 1),
     (8, 128, 28, 256, 1, 1, 1),
@@ -302,16 +315,20 @@ def _measure_first_touch(size_mb: float, repeats: int) -> Measurement:
 
 def _measure_dense(repeats: int, quick: bool) -> list[Measurement]:
     rows = []
-    for m, k, n in _MATMULS_QUICK if quick else _MATMULS:
+    aligned = _MATMULS_QUICK if quick else _MATMULS
+    misaligned = _MISALIGNED_MATMULS_QUICK if quick else _MISALIGNED_MATMULS
+    for m, k, n in [*aligned, *misaligned]:
         a, b = torch.randn(m, k), torch.randn(k, n)
+        odd = (m, k, n) in misaligned
         rows.append(
             Measurement(
-                f"mm {m}x{k}x{n}",
+                f"mm {m}x{k}x{n}" + (" (misaligned)" if odd else ""),
                 "matmul",
                 2.0 * m * k * n,
                 _f32_bytes(m * k, k * n, m * n),
                 time_call_s(partial(torch.matmul, a, b), repeats),
                 output_bytes=_f32_bytes(m * n),
+                misaligned=odd,
             )
         )
     for batch, c_in, hw, c_out, k, groups, stride in _CONVS_QUICK if quick else _CONVS:
@@ -457,7 +474,7 @@ def fit_device(rows: list[Measurement], name: str = "host", **extra: Any) -> Dev
     # the convolutions below half of it stream their bytes at total bytes over total time.
     # (The matmuls, at 85+ FLOP per byte, are compute-bound on any CPU: one slowed down by
     # other work on the machine must not pass for a memory-bound kernel.)
-    dense_rows = [r for r in rows if r.op_class in ("matmul", "conv")]
+    dense_rows = [r for r in rows if r.op_class in ("matmul", "conv") and not r.misaligned]
     matmuls = [achieved(r) for r in dense_rows if r.op_class == "matmul"]
     dense = statistics.median(matmuls) if matmuls else max(achieved(r) for r in dense_rows)
     for _ in range(10):
@@ -469,6 +486,9 @@ def fit_device(rows: list[Measurement], name: str = "host", **extra: Any) -> Dev
     dense_bandwidth = (
         sum(r.bytes_moved for r in limited) / sum(past(r) for r in limited) if limited else None
     )
+    # Misaligned matmuls: the median fraction of the dense roof they reach.
+    odd = [min(achieved(r) / dense, 1.0) for r in rows if r.misaligned]
+    misaligned_efficiency = statistics.median(odd) if odd else 1.0
     spec: dict[str, Any] = dict(
         name=name,
         dense_flops_per_s=dense,
@@ -480,6 +500,7 @@ def fit_device(rows: list[Measurement], name: str = "host", **extra: Any) -> Dev
         dense_bandwidth_bytes_per_s=dense_bandwidth,
         page_fault_bytes_per_s=fault_rate,
         fresh_output_bytes=fresh_threshold,
+        misaligned_dense_efficiency=misaligned_efficiency,
     )
     spec.update(extra)
     return Device(**spec)
@@ -550,14 +571,17 @@ def predict_graph_s(
 
     costs = [n.meta[COST_KEY] for n in gm.graph.nodes if COST_KEY in n.meta]
     costs = [c for c in costs if c.op_class in ("dense", "other")]
-    exprs = (
-        [c.flops for c in costs] + [c.bytes_moved for c in costs] + [c.output_bytes for c in costs]
-    )
-    values = compile_costs(exprs, symbols)(float(batch), float(seq))
-    k = len(costs)
+    exprs = [
+        e
+        for c in costs
+        for e in (c.flops, c.bytes_moved, c.output_bytes, c.misaligned_flops)
+    ]
+    values = compile_costs(exprs, symbols)(float(batch), float(seq)).reshape(len(costs), 4)
     by_class = {"dense": 0.0, "other": 0.0}
-    for cost, f, q, o in zip(costs, values[:k], values[k : 2 * k], values[2 * k :], strict=True):
-        by_class[cost.op_class] += device.node_time_s(float(f), float(q), cost.op_class, float(o))
+    for cost, (f, q, o, mis) in zip(costs, values, strict=True):
+        by_class[cost.op_class] += device.node_time_s(
+            float(f), float(q), cost.op_class, float(o), float(mis)
+        )
     return by_class
 
 

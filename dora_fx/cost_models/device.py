@@ -86,6 +86,7 @@ class Device:
     dense_bandwidth_bytes_per_s: float | None = None
     page_fault_bytes_per_s: float | None = None
     fresh_output_bytes: float | None = None
+    misaligned_dense_efficiency: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -116,7 +117,9 @@ class Device:
         ):
             if getattr(self, name) is not None:
                 _check_positive(self.name, name, getattr(self, name))
-        for name in ("dense_efficiency", "other_efficiency", "memory_efficiency"):
+        for name in (
+            "dense_efficiency", "other_efficiency", "memory_efficiency", "misaligned_dense_efficiency",
+        ):  # fmt: skip
             value = getattr(self, name)
             _check_positive(self.name, name, value)
             if value > 1.0:
@@ -164,18 +167,30 @@ class Device:
             return self.sustained_bandwidth_bytes_per_s
         return self.dense_bandwidth_bytes_per_s * self.memory_efficiency
 
+    def dense_equivalent_flops(self, dense_flops: float, misaligned_flops: float) -> float:
+        """Dense FLOPs priced at the dense rate: the ``misaligned_flops`` among them (matrix
+        multiplies whose output rows are not whole 32-byte vectors) count ``1 / efficiency`` each."""
+        return dense_flops + misaligned_flops * (1 / self.misaligned_dense_efficiency - 1)
+
     # -- time -----------------------------------------------------------------------------------
 
     def node_time_s(
-        self, flops: float, bytes_moved: float, op_class: str, output_bytes: float | None = None
+        self,
+        flops: float,
+        bytes_moved: float,
+        op_class: str,
+        output_bytes: float | None = None,
+        misaligned_flops: float = 0.0,
     ) -> float:
         """Roofline time of one node; ``op_class`` is ``dense``, ``other`` or ``view``.
-        ``output_bytes`` (default: half the traffic) picks the point of a bandwidth curve."""
+        ``output_bytes`` (default: half the traffic) picks the point of a bandwidth curve;
+        ``misaligned_flops`` (a dense node's FLOPs when its rows are misaligned) run slower."""
         if op_class == "view":
             return 0.0
         tensor = bytes_moved / 2 if output_bytes is None else output_bytes
         if op_class == "dense":
             rate = self.sustained_dense_flops_per_s
+            flops = self.dense_equivalent_flops(flops, misaligned_flops)
             if self.dense_bandwidth_bytes_per_s is not None:
                 bandwidth = self.sustained_dense_bandwidth_bytes_per_s
             else:
@@ -233,8 +248,10 @@ class Device:
         bytes_moved: float,
         ops: float,
         dense_bytes: float | None = None,
+        misaligned_flops: float = 0.0,
     ) -> float:
-        """Time of a run of nodes from its per-class sums.
+        """Time of a run of nodes from its per-class sums (``misaligned_flops``: see
+        ``dense_equivalent_flops``).
 
         With ``dense_bytes`` (bytes moved by dense nodes) it is one roofline per class:
         ``ops*overhead + max(Fd/Rd, Qd/Bd) + max(Fo/Ro, Qo/B)`` (``Bd`` the dense bandwidth,
@@ -242,6 +259,7 @@ class Device:
         ``ops*overhead + max(Fd/Rd + Fo/Ro, Q/B)``. ``planner/tables.py`` mirrors this.
         """
         other_flops = max(flops - dense_flops, 0.0)
+        dense_flops = self.dense_equivalent_flops(dense_flops, misaligned_flops)
         bandwidth = self.sustained_bandwidth_bytes_per_s
         dense_rate = self.sustained_dense_flops_per_s
         other_rate = self.sustained_other_flops_per_s

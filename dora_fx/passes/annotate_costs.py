@@ -20,7 +20,15 @@ import torch.utils._pytree as pytree
 
 from ..capture import BATCH, SEQ
 from ..ir import COST_KEY, NodeCost
-from .op_costs import dense_flops, is_memory_only, is_view, numel, op_name, other_flops
+from .op_costs import (
+    dense_flops,
+    is_memory_only,
+    is_misaligned_gemm,
+    is_view,
+    numel,
+    op_name,
+    other_flops,
+)
 
 __all__ = ["annotate_costs", "compile_costs", "node_cost", "CostSymbols", "ZERO"]
 
@@ -72,6 +80,7 @@ def annotate_costs(
             cost = NodeCost(
                 cost.flops * batch_scale, cost.bytes_moved * batch_scale,
                 cost.output_bytes * batch_scale, cost.param_bytes, cost.op_class, cost.has_formula,
+                cost.misaligned_flops * batch_scale,
             )
         node.meta[COST_KEY] = cost
         if not cost.has_formula:
@@ -106,13 +115,15 @@ def node_cost(node: torch.fx.Node, symbols: CostSymbols) -> NodeCost:
             (_bytes(v, symbols) for v in pytree.tree_leaves(args[1:])), ZERO
         )
     has_formula = flops is not None
+    flops_expr = symbols.expr(flops) if has_formula else ZERO
     return NodeCost(
-        flops=symbols.expr(flops) if has_formula else ZERO,
+        flops=flops_expr,
         bytes_moved=in_bytes + out_bytes,
         output_bytes=out_bytes,
         param_bytes=param_bytes,
         op_class=op_class if not is_memory_only(name) else "other",
         has_formula=has_formula,
+        misaligned_flops=flops_expr if is_misaligned_gemm(name, out) else ZERO,
     )
 
 

@@ -37,6 +37,7 @@ class SymBlock:
     dense_flops: sympy.Expr
     bytes_moved: sympy.Expr
     dense_bytes: sympy.Expr
+    misaligned_flops: sympy.Expr  # dense FLOPs of GEMMs with misaligned rows (see NodeCost)
     out_bytes: sympy.Expr  # live tensors crossing the cut after this block (last: the outputs)
     param_bytes: sympy.Expr
     ops: int  # nodes that cost time (views and shape queries are free)
@@ -50,19 +51,22 @@ class BlockChain:
     input_bytes: sympy.Expr
 
     def __post_init__(self) -> None:
-        fields = ("flops", "dense_flops", "bytes_moved", "out_bytes", "param_bytes", "dense_bytes")
+        fields = (
+            "flops", "dense_flops", "bytes_moved", "out_bytes", "param_bytes", "dense_bytes",
+            "misaligned_flops",
+        )  # fmt: skip
         exprs = [getattr(b, f) for b in self.blocks for f in fields] + [self.input_bytes]
         self._evaluate = compile_costs(exprs, self.symbols)
 
     def at(self, batch: int, seq: int = 1) -> tuple[list[Block], float]:
         """Numeric blocks (and input bytes) at a batch size: one compiled call."""
         values = self._evaluate(batch, seq)
-        rows = values[:-1].reshape(len(self.blocks), 6)
+        rows = values[:-1].reshape(len(self.blocks), 7)
         blocks = [
             Block(
                 flops=float(row[0]), dense_flops=float(row[1]), bytes=float(row[2]),
                 out_bytes=float(row[3]), param_bytes=float(row[4]), dense_bytes=float(row[5]),
-                ops=b.ops, name=b.name,
+                misaligned_flops=float(row[6]), ops=b.ops, name=b.name,
             )
             for b, row in zip(self.blocks, rows)
         ]
@@ -188,6 +192,7 @@ def _make_block(
         dense_flops=sum((c.flops for c in costs if c.op_class == "dense"), ZERO),
         bytes_moved=sum((c.bytes_moved for c in costs), ZERO),
         dense_bytes=sum((c.bytes_moved for c in costs if c.op_class == "dense"), ZERO),
+        misaligned_flops=sum((c.misaligned_flops for c in costs), ZERO),
         out_bytes=sum((v.meta[COST_KEY].output_bytes for v in live), ZERO),
         param_bytes=sum((w.meta[COST_KEY].output_bytes for w in weights), ZERO),
         ops=sum(c.op_class != "view" for c in costs),

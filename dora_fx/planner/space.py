@@ -108,7 +108,10 @@ def device_speed(device: Device, problem: Problem) -> float:
     """Requests per second ``device`` would sustain running every block alone: ``1 / T_d``."""
     blocks = problem.blocks
     seconds = sum(
-        device.block_time_s(b.flops, b.dense, b.bytes, b.ops, getattr(b, "dense_bytes", None))
+        device.block_time_s(
+            b.flops, b.dense, b.bytes, b.ops, getattr(b, "dense_bytes", None),
+            getattr(b, "misaligned_flops", 0.0),
+        )
         for b in blocks
     )
     return 1.0 / seconds if seconds > 0 else 1.0

@@ -105,6 +105,8 @@ def _device_time_s(
     fixed = np.minimum(params, moved)
     bytes_moved = fixed + share * (moved - fixed)
     other = np.maximum(share * flops - share * dense, 0.0)
+    # misaligned GEMM FLOPs count 1/efficiency each (Device.dense_equivalent_flops)
+    dense = dense + sums.get("misaligned", 0.0) * (1 / device.misaligned_dense_efficiency - 1)
     bandwidth = device.sustained_bandwidth_bytes_per_s
     dense_rate, other_rate = device.sustained_dense_flops_per_s, device.sustained_other_flops_per_s
     if "dense_bytes" not in sums:
@@ -170,6 +172,7 @@ def _options(problem: Problem, space: PlanSpace) -> tuple[OptionTable, bool]:
     sums = {
         "flops": _span(_prefix([b.flops for b in blocks])),
         "dense": _span(_prefix([b.dense for b in blocks])),
+        "misaligned": _span(_prefix([getattr(b, "misaligned_flops", 0.0) for b in blocks])),
         "bytes": _span(_prefix([b.bytes for b in blocks])),
         "params": _span(_prefix([b.param_bytes for b in blocks])),
         "ops": _span(_prefix([float(b.ops) for b in blocks])),

@@ -63,7 +63,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..cost_models.device import Device
 from ..cost_models.network import Network
-from ..passes.op_costs import dense_flops, is_view, op_name, other_flops
+from ..passes.op_costs import dense_flops, is_misaligned_gemm, is_view, op_name, other_flops
 
 __all__ = [
     "OpCost",
@@ -94,6 +94,8 @@ class OpCost:
     op_class: str  # "dense" or "other" (views are not recorded: they are free)
     flops: float
     bytes_moved: float
+    output_bytes: float | None = None
+    misaligned_flops: float = 0.0
 
 
 class CostRecorder(TorchDispatchMode):
@@ -123,17 +125,19 @@ def _op_cost(
     func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
 ) -> OpCost:
     moved = float(sum(_nbytes(v) for v in pytree.tree_leaves((args, kwargs, out))))
+    written = float(sum(_nbytes(v) for v in pytree.tree_leaves(out)))
     try:
         if name.startswith("_scaled_dot_product"):  # the CPU kernel under sdpa
             flops = dense_flops(_SDPA, tuple(args[:3]), {}, out[0])
         else:
             flops = dense_flops(func, args, kwargs, out)
         if flops is not None:
-            return OpCost("dense", float(flops), moved)
+            misaligned = float(flops) if is_misaligned_gemm(name, out) else 0.0
+            return OpCost("dense", float(flops), moved, written, misaligned)
         other = other_flops(name, args, out)
     except Exception:  # noqa: BLE001 - an op whose formula does not fit: price its bytes only
         other = None
-    return OpCost("other", float(other or 0), moved)
+    return OpCost("other", float(other or 0), moved, written)
 
 
 def _nbytes(value: Any) -> int:
@@ -142,7 +146,10 @@ def _nbytes(value: Any) -> int:
 
 def stage_time_s(device: Device, ops: Sequence[OpCost]) -> float:
     """Roofline time of a recorded forward on ``device`` (sum of its op times)."""
-    return sum(device.node_time_s(op.flops, op.bytes_moved, op.op_class) for op in ops)
+    return sum(
+        device.node_time_s(op.flops, op.bytes_moved, op.op_class, op.output_bytes, op.misaligned_flops)
+        for op in ops
+    )
 
 
 def contention_margin(ranks: int, cores: int | None = None) -> float:

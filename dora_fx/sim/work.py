@@ -68,6 +68,7 @@ class ProblemSums:
 
     flops: tuple[float, ...]
     dense: tuple[float, ...]
+    misaligned: tuple[float, ...]
     bytes: tuple[float, ...]
     dense_bytes: tuple[float, ...] | None
     params: tuple[float, ...]
@@ -100,6 +101,7 @@ def problem_sums(problem: Problem) -> ProblemSums:
     sums = ProblemSums(
         flops=prefix([b.flops for b in blocks]),
         dense=prefix([b.dense for b in blocks]),
+        misaligned=prefix([getattr(b, "misaligned_flops", 0.0) for b in blocks]),
         bytes=prefix([b.bytes for b in blocks]),
         dense_bytes=None if any(v is None for v in dense_bytes) else prefix(dense_bytes),  # type: ignore[arg-type]
         params=prefix([b.param_bytes for b in blocks]),
@@ -198,6 +200,7 @@ def plan_work(
         out_bytes = blocks[stop - 1].out_bytes
         flops = sums.span("flops", start, stop)
         dense = sums.span("dense", start, stop)
+        misaligned = sums.span("misaligned", start, stop)
         moved = sums.span("bytes", start, stop)
         params = sums.span("params", start, stop)
         ops = sums.span("ops", start, stop)
@@ -216,7 +219,7 @@ def plan_work(
                     dense_fixed = min(params, dense_moved)
                     dense_b = dense_fixed + f * (dense_moved - dense_fixed)
                 seconds = cluster.device(name).block_time_s(
-                    f * flops, f * dense, fixed + f * (moved - fixed), ops, dense_b
+                    f * flops, f * dense, fixed + f * (moved - fixed), ops, dense_b, f * misaligned
                 )
                 sums.stage_s[key] = seconds
             compute.append(seconds)

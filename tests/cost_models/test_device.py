@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from dora_fx.cost_models.device import PROFILE_FORMAT, Device
 from dora_fx.errors import ClusterError, ProfileError
@@ -192,10 +193,11 @@ def test_planner_tables_mirror_block_time_with_a_dense_bandwidth():
     np = pytest.importorskip("numpy")
     from dora_fx.planner.tables import _device_time_s
 
-    d = make(dense_bandwidth_bytes_per_s=1e9, op_overhead_s=2e-6)
+    d = make(dense_bandwidth_bytes_per_s=1e9, op_overhead_s=2e-6, misaligned_dense_efficiency=0.5)
     sums = {
         "flops": np.array([5e9, 1e8]),
         "dense": np.array([4e9, 5e7]),
+        "misaligned": np.array([1e9, 0.0]),
         "bytes": np.array([3e8, 2e8]),
         "params": np.array([0.0, 0.0]),
         "ops": np.array([10.0, 3.0]),
@@ -203,5 +205,27 @@ def test_planner_tables_mirror_block_time_with_a_dense_bandwidth():
     }
     got = _device_time_s(d, 1.0, sums)
     for i in range(2):
-        want = d.block_time_s(sums["flops"][i], sums["dense"][i], sums["bytes"][i], sums["ops"][i], sums["dense_bytes"][i])
+        want = d.block_time_s(
+            sums["flops"][i], sums["dense"][i], sums["bytes"][i], sums["ops"][i],
+            sums["dense_bytes"][i], sums["misaligned"][i],
+        )
         assert got[i] == pytest.approx(want)
+
+
+def test_misaligned_matmul_flops_run_at_their_efficiency():
+    d = make(misaligned_dense_efficiency=0.5)
+    aligned = d.node_time_s(1e9, 0, "dense")
+    assert d.node_time_s(1e9, 0, "dense", misaligned_flops=1e9) - d.op_overhead_s == pytest.approx(
+        2 * (aligned - d.op_overhead_s)
+    )
+    assert d.block_time_s(1e9, 1e9, 0, 0, misaligned_flops=5e8) == pytest.approx(1.5e9 / d.dense_flops_per_s)
+    with pytest.raises(ClusterError, match="misaligned_dense_efficiency"):
+        make(misaligned_dense_efficiency=1.5)
+
+
+def test_an_odd_output_width_marks_a_matmul_misaligned():
+    from dora_fx.passes.op_costs import is_misaligned_gemm
+
+    assert is_misaligned_gemm("addmm", torch.empty(4, 50257))
+    assert not is_misaligned_gemm("addmm", torch.empty(4, 1000))  # 4000 bytes: 125 vectors
+    assert not is_misaligned_gemm("add", torch.empty(4, 50257))
