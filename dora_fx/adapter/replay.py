@@ -24,9 +24,19 @@ on its most shared device, one job of every other plan using that device (its se
 request there) before it is compared with the SLO. Contention on a shared medium between
 plans is not charged (the composition keeps media under the utilization cap). A span *violates* the QoE when some offered load is not routed, a plan
 falls behind its arrivals, or a plan's p95 latency exceeds the SLO; its whole length then
-counts as violation time. Energy: every device that is on (used by a plan of the span, or
-idling in a dead static plan) pays idle power for the span and busy power for its busy time,
+counts as violation time. Energy of a span: every device that is on (used by a plan of the span,
+or idling in a dead static plan) pays idle power for the span and busy power for its busy time,
 plus radio energy; the queue left over by one span is not carried into the next.
+
+Energy of a strategy: the library never drops a request, so the requests a strategy did not
+serve in time (``unserved``: load not routed, load on a plan that lost a device, and the part a
+plan falls behind) are still owed after the trace. ``StrategyResult.energy_j`` is the spans'
+energy (``served_energy_j``) plus ``backlog_j``, the energy to serve that backlog at the
+marginal J per request (busy power x busy seconds per request on each device, plus radio J per
+request) of the strategy's last span that served anything. The totals then compare the same
+work: every offered request served. ``backlog_j`` charges no idle power and assumes the last
+serving plans can still drain it, so it is a lower bound on the true cost of catching up,
+favourable to the strategy that fell behind.
 """
 
 from __future__ import annotations
@@ -62,6 +72,8 @@ class SpanResult:
     served: float
     p95_s: float
     why: str = ""
+    unserved: float = 0.0  # requests offered in the span but not served in it
+    j_per_request: float = 0.0  # marginal J per served request (busy + radio; 0: none served)
 
 
 @dataclass
@@ -75,18 +87,52 @@ class StrategyResult:
         return sum(s.end_s - s.start_s for s in self.spans if s.violated)
 
     @property
-    def energy_j(self) -> float:
+    def served_energy_j(self) -> float:
+        """The spans' energy: what serving ``served`` requests during the trace cost."""
         return sum(s.energy_j for s in self.spans)
 
     @property
     def served(self) -> float:
         return sum(s.served for s in self.spans)
 
+    @property
+    def unserved(self) -> float:
+        """Requests offered during the trace and not served in it (still owed)."""
+        return sum(s.unserved for s in self.spans)
+
+    @property
+    def offered(self) -> float:
+        return self.served + self.unserved
+
+    @property
+    def drain_j_per_request(self) -> float:
+        """Marginal J per request of the last span that served anything (inf: none did)."""
+        serving = [s for s in self.spans if s.served > 0]
+        return serving[-1].j_per_request if serving else math.inf
+
+    @property
+    def backlog_j(self) -> float:
+        """Energy to serve the unserved requests after the trace, at
+        ``drain_j_per_request`` (busy + radio, no idle power, and assuming the last serving
+        plans can still drain it): a lower bound on the true cost of catching up, so
+        favourable to the strategy that fell behind."""
+        if self.unserved <= 0:
+            return 0.0
+        return self.unserved * self.drain_j_per_request
+
+    @property
+    def energy_j(self) -> float:
+        """Energy to serve every offered request: ``served_energy_j + backlog_j``."""
+        return self.served_energy_j + self.backlog_j
+
     def to_json(self) -> dict[str, Any]:
         return {
             "violation_s": self.violation_s,
             "energy_j": self.energy_j,
+            "served_energy_j": self.served_energy_j,
+            "backlog_j": self.backlog_j,
             "served": self.served,
+            "unserved": self.unserved,
             "spans": [
                 {
                     "start_s": s.start_s,
@@ -94,6 +140,9 @@ class StrategyResult:
                     "rates_rps": s.rates_rps,
                     "violated": s.violated,
                     "energy_j": s.energy_j,
+                    "served": s.served,
+                    "unserved": s.unserved,
+                    "j_per_request": s.j_per_request,
                     "p95_s": s.p95_s,
                     "why": s.why,
                 }
@@ -176,22 +225,48 @@ def run_span(
         for d, seconds in sim.busy_s.items():
             busy[d] = busy.get(d, 0.0) + seconds / sim.requests * count
         radio_j += sum(sim.energy.radio_j.values()) / sim.requests * count
-    energy = radio_j
-    for d, seconds in busy.items():
-        device = now.cluster.device(d)
-        seconds = min(seconds, duration)
-        energy += device.busy_power_w * seconds + device.idle_power_w * (duration - seconds)
     return SpanResult(
         start_s,
         end_s,
         conditions,
         dict(used),
-        bool(reasons),
-        energy,
-        served,
-        p95,
-        "; ".join(reasons),
+        violated=bool(reasons),
+        energy_j=_span_energy_j(now, busy, radio_j, duration),
+        served=served,
+        p95_s=p95,
+        why="; ".join(reasons),
+        unserved=_unserved(offered * duration, served),
+        j_per_request=_marginal_j_per_request(now, busy, radio_j, served),
     )
+
+
+def _span_energy_j(
+    problem: Problem, busy_s: Mapping[str, float], radio_j: float, duration_s: float
+) -> float:
+    """Idle power over the span and busy power over the busy time of every device that is on,
+    plus radio energy."""
+    energy_j = radio_j
+    for d, seconds in busy_s.items():
+        device = problem.cluster.device(d)
+        seconds = min(seconds, duration_s)
+        energy_j += device.busy_power_w * seconds + device.idle_power_w * (duration_s - seconds)
+    return energy_j
+
+
+def _marginal_j_per_request(
+    problem: Problem, busy_s: Mapping[str, float], radio_j: float, served: float
+) -> float:
+    """Busy + radio J per served request of the span's plans (no idle power; 0: none served)."""
+    if served <= 0:
+        return 0.0
+    busy_j = sum(problem.cluster.device(d).busy_power_w * s for d, s in busy_s.items())
+    return (busy_j + radio_j) / served
+
+
+def _unserved(offered: float, served: float) -> float:
+    """Offered minus served requests; a rounding-sized remainder counts as none."""
+    missing = offered - served
+    return missing if missing > 1e-9 * max(offered, 1.0) else 0.0
 
 
 def _best_plan(problem: Problem) -> tuple[Plan | None, float]:
