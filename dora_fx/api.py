@@ -119,9 +119,9 @@ class CompiledModel(LocalPipeline):
     def simulate(self, config: SimConfig | None = None, **options: Any) -> SimResult:
         """Simulate the chosen plan on the cluster (see ``dora_fx.sim.SimConfig`` for options:
         requests, request_rate_rps, microbatches, concurrency, ...). The plan runs its compiled
-        schedule (``state.schedule``): ``microbatches`` other than 1 simulates that schedule
-        relowered for that many, as ``run_distributed(microbatches=...)`` runs it; 1 (the
-        default) keeps the compiled count."""
+        schedule (``state.schedule``): ``microbatches=N`` simulates that schedule relowered
+        for N (1 included), as ``run_distributed(microbatches=...)`` runs it; not given, the
+        compiled count."""
         assert self.state.problem is not None
         config = config or SimConfig(**options)
         if self.state.schedule is not None:

@@ -23,7 +23,7 @@ def predicted_lines(plan: Plan, problem: Problem, config: SimConfig | None = Non
     metrics = evaluate(
         plan,
         problem,
-        microbatches=config.microbatches,
+        microbatches=config.microbatch_count,
         request_rate_rps=config.request_rate_rps,
         source=config.source,
         sink=config.sink,
@@ -33,7 +33,7 @@ def predicted_lines(plan: Plan, problem: Problem, config: SimConfig | None = Non
         "closed loop" if config.request_rate_rps is None else f"{config.request_rate_rps:g} req/s"
     )
     lines = [
-        f"predicted ({config.requests} simulated requests, {load}, {config.microbatches} microbatch(es)):",
+        f"predicted ({config.requests} simulated requests, {load}, {config.microbatch_count} microbatch(es)):",
         f"  latency   p50 {result.latency_p50_s * 1e3:.2f} ms, p95 {result.latency_p95_s * 1e3:.2f} ms "
         f"(analytic, idle cluster: {metrics.latency_s * 1e3:.2f} ms)",
         f"  throughput {result.throughput_rps:.4g} req/s (capacity {metrics.throughput_rps:.4g} req/s, "

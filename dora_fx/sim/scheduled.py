@@ -96,7 +96,7 @@ class _ScheduledRun(_Run):
         super().__init__(
             plan,
             problem,
-            plan_work(plan, problem, config.microbatches, config.source, config.sink),
+            plan_work(plan, problem, config.microbatch_count, config.source, config.sink),
             config,
         )
         self.critical_first = critical_first
@@ -183,11 +183,15 @@ def simulate_schedule(
     """Simulate ``plan`` executing ``schedule`` (its microbatches, overlap and contention
     policy); ``config`` gives the load (requests, concurrency or rate, source, sink).
 
-    ``config.microbatches`` other than 1 (``SimConfig``'s default) simulates the schedule
-    relowered for that many microbatches (``schedule.relower``, as a distributed run asked
-    for another count executes it); 1 keeps the schedule's own count. To simulate a schedule
-    compiled for several microbatches with one, pass ``relower(schedule, 1)``."""
-    if config is not None and config.microbatches not in (1, schedule.microbatches):
+    ``config.microbatches``, when given and not the schedule's own count, simulates the
+    schedule relowered for that many microbatches (``schedule.relower``, as a distributed run
+    asked for another count executes it); None (``SimConfig``'s default) keeps the schedule's
+    count."""
+    if (
+        config is not None
+        and config.microbatches is not None
+        and config.microbatches != schedule.microbatches
+    ):
         schedule = relower(schedule, config.microbatches)
     run_config = schedule_config(schedule, config)
     critical_first = schedule.contention == "critical-first"

@@ -44,13 +44,14 @@ _ARRIVE, _COMPUTE_DONE, _FLOW_DONE, _DELIVER = 0, 1, 2, 3
 @dataclass(frozen=True)
 class SimConfig:
     """What to simulate. ``request_rate_rps=None`` is a closed loop of ``concurrency``
-    requests in flight."""
+    requests in flight. ``microbatches=None``: one for a plan, the schedule's own count for a
+    compiled schedule (``simulate_schedule``); a number overrides either."""
 
     requests: int = 100
     request_rate_rps: float | None = None
     arrivals: Literal["periodic", "poisson"] = "periodic"
     concurrency: int = 1
-    microbatches: int = 1
+    microbatches: int | None = None
     overlap: bool = True
     source: str | None = None
     sink: str | None = None
@@ -60,6 +61,8 @@ class SimConfig:
     def __post_init__(self) -> None:
         for name in ("requests", "concurrency", "microbatches"):
             value = getattr(self, name)
+            if name == "microbatches" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise PlanError(f"SimConfig.{name} must be a positive int, got {value!r}")
         rate = self.request_rate_rps
@@ -72,6 +75,11 @@ class SimConfig:
                 f"SimConfig.arrivals must be 'periodic' or 'poisson', got {self.arrivals!r}"
             )
 
+    @property
+    def microbatch_count(self) -> int:
+        """Microbatches per request for a plan simulated without a schedule."""
+        return 1 if self.microbatches is None else self.microbatches
+
 
 def simulate(
     plan: Plan, problem: Problem, config: SimConfig | None = None, **overrides: object
@@ -81,7 +89,7 @@ def simulate(
         config = SimConfig(**overrides)  # type: ignore[arg-type]
     elif overrides:
         raise PlanError("give either a SimConfig or keyword overrides, not both")
-    work = plan_work(plan, problem, config.microbatches, config.source, config.sink)
+    work = plan_work(plan, problem, config.microbatch_count, config.source, config.sink)
     return _Run(plan, problem, work, config).run()
 
 

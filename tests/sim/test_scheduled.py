@@ -1,4 +1,4 @@
-"""The simulator of schedules (``sim.scheduled``) honours a requested microbatch count."""
+"""The simulator of schedules (``sim.scheduled``) honours a requested microbatch count, one included."""
 
 from __future__ import annotations
 
@@ -25,3 +25,5 @@ def test_a_requested_microbatch_count_relowers_the_schedule():
     assert four.latencies_s[0] < compiled.latencies_s[0]  # finer microbatches overlap more
     one = simulate_schedule(relower(schedule, 1), plan, problem, SimConfig(requests=2))
     assert one.config.microbatches == 1 and one.latencies_s[0] > compiled.latencies_s[0]
+    asked_one = simulate_schedule(schedule, plan, problem, SimConfig(requests=2, microbatches=1))
+    assert asked_one.config.microbatches == 1 and asked_one.latencies_s == one.latencies_s
