@@ -82,7 +82,7 @@ class Measurement:
     bytes_moved: float
     measured_s: float
     output_bytes: float | None = None  # None: half the traffic (as Device.node_time_s)
-    misaligned: bool = False  # a matmul whose output rows are not whole cache lines
+    misaligned: bool = False  # a matmul whose output rows are not whole 32-byte vectors
 
     def predicted_s(self, device: Device) -> float:
         if self.op_class == "overhead":
@@ -317,9 +317,9 @@ def _measure_dense(repeats: int, quick: bool) -> list[Measurement]:
     rows = []
     aligned = _MATMULS_QUICK if quick else _MATMULS
     misaligned = _MISALIGNED_MATMULS_QUICK if quick else _MISALIGNED_MATMULS
-    for m, k, n in [*aligned, *misaligned]:
+    shapes = [(s, False) for s in aligned] + [(s, True) for s in misaligned]
+    for (m, k, n), odd in shapes:
         a, b = torch.randn(m, k), torch.randn(k, n)
-        odd = (m, k, n) in misaligned
         rows.append(
             Measurement(
                 f"mm {m}x{k}x{n}" + (" (misaligned)" if odd else ""),

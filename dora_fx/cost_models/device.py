@@ -41,9 +41,13 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from ..errors import ClusterError, ProfileError
+
+Flops = TypeVar("Flops", float, np.ndarray)
 
 __all__ = ["Device", "PROFILE_FORMAT"]
 
@@ -167,9 +171,10 @@ class Device:
             return self.sustained_bandwidth_bytes_per_s
         return self.dense_bandwidth_bytes_per_s * self.memory_efficiency
 
-    def dense_equivalent_flops(self, dense_flops: float, misaligned_flops: float) -> float:
+    def dense_equivalent_flops(self, dense_flops: Flops, misaligned_flops: Flops) -> Flops:
         """Dense FLOPs priced at the dense rate: the ``misaligned_flops`` among them (matrix
-        multiplies whose output rows are not whole 32-byte vectors) count ``1 / efficiency`` each."""
+        multiplies whose output rows are not whole 32-byte vectors) count ``1 / efficiency`` each.
+        Floats or numpy arrays (the planner's tables price every block range at once)."""
         return dense_flops + misaligned_flops * (1 / self.misaligned_dense_efficiency - 1)
 
     # -- time -----------------------------------------------------------------------------------

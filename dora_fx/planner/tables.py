@@ -105,8 +105,7 @@ def _device_time_s(
     fixed = np.minimum(params, moved)
     bytes_moved = fixed + share * (moved - fixed)
     other = np.maximum(share * flops - share * dense, 0.0)
-    # misaligned GEMM FLOPs count 1/efficiency each (Device.dense_equivalent_flops)
-    dense = dense + sums.get("misaligned", 0.0) * (1 / device.misaligned_dense_efficiency - 1)
+    dense = device.dense_equivalent_flops(dense, sums.get("misaligned", np.zeros_like(dense)))
     bandwidth = device.sustained_bandwidth_bytes_per_s
     dense_rate, other_rate = device.sustained_dense_flops_per_s, device.sustained_other_flops_per_s
     if "dense_bytes" not in sums:
