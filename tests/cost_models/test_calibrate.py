@@ -147,3 +147,14 @@ def test_fresh_page_threshold_ignores_a_noisy_small_size():
     assert rate == pytest.approx(84 * MB / 42e-3)
     assert _fit_fresh_pages([touch(8, 1e-7), touch(16, 1e-7)]) == (None, None)
     assert _fit_fresh_pages([touch(8, 3e-3), touch(16, 1e-7)]) == (None, None)
+
+
+def test_sustained_timing_calls_each_kernel_round_robin_and_means():
+    from dora_fx.cost_models.calibrate import sustained_call_s
+
+    order: list[str] = []
+    seconds = sustained_call_s([lambda: order.append("a"), lambda: order.append("b")], 0.0)
+    # two warm-up calls each, then at least three rounds, always alternating
+    assert order[:4] == ["a", "a", "b", "b"]
+    assert order[4:] == ["a", "b"] * ((len(order) - 4) // 2) and len(order) >= 10
+    assert len(seconds) == 2 and all(0 < s < 1e-3 for s in seconds)
