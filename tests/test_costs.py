@@ -65,3 +65,15 @@ def test_ops_without_formula_are_listed_in_explain():
     )
     assert compiled.state.missing_formulas == ["special_bessel_j0"]
     assert "ops with no FLOP formula (counted as 0 FLOPs, bytes still counted): special_bessel_j0" in compiled.explain()
+
+
+def test_transcendental_functions_cost_more_than_a_multiply():
+    """tanh runs 3x an add's time here; pow is cheap for x**3 (multiplies), not for x**2.5."""
+    from dora_fx.passes.op_costs import other_flops
+
+    x = torch.randn(4, 8)
+    assert other_flops("mul", (x, x), x) == 32
+    assert other_flops("tanh", (x,), x) == 20 * 32
+    assert other_flops("pow", (x, 3.0), x) == 2 * 32
+    assert other_flops("pow", (x, 2.5), x) == 40 * 32
+    assert other_flops("pow", (x, x), x) == 40 * 32

@@ -41,12 +41,16 @@ _MEMORY_OPS = {
     "slice_scatter", "select_scatter", "repeat_interleave", "tensor", "eye", "_unsafe_index",
     "upsample_nearest2d", "where", "masked_select", "clamp_min", "clamp_max", "tile",
 }
-# FLOPs per output element.
+# FLOPs per output element. Transcendental functions count their cost in FLOP-equivalents
+# against erf-GELU's 8 (what calibration fits the compute roof of other ops with), measured on
+# a 12.6 MB tensor with 2 AVX2 threads (vectorized SLEEF kernels): tanh 2.2 ns per element
+# = 21, erf 11, log 10, sin and cos 11, exp 8, sigmoid 7, against add at 0.56 (memory-bound).
+# GPT-2's tanh-GELU spends 3x an add's time in tanh; counted as 1 FLOP it was priced as a copy.
 _ELEMENTWISE_FLOPS = {
     "add": 1, "add_": 1, "sub": 1, "rsub": 1, "mul": 1, "mul_": 1, "div": 1, "neg": 1, "abs": 1,
     "relu": 1, "relu_": 1, "hardtanh": 2, "hardtanh_": 2, "relu6": 2, "clamp": 2, "maximum": 1,
-    "minimum": 1, "pow": 1, "sqrt": 1, "rsqrt": 1, "reciprocal": 1, "exp": 1, "log": 1,
-    "tanh": 1, "sigmoid": 4, "silu": 5, "silu_": 5, "gelu": 8, "erf": 1, "sin": 1, "cos": 1,
+    "minimum": 1, "sqrt": 1, "rsqrt": 1, "reciprocal": 1, "exp": 8, "log": 10,
+    "tanh": 20, "sigmoid": 4, "silu": 5, "silu_": 5, "gelu": 8, "erf": 10, "sin": 10, "cos": 10,
     "hardswish": 4, "hardswish_": 4, "hardsigmoid": 3, "leaky_relu": 2, "elu": 3,
     "eq": 1, "ne": 1, "lt": 1, "le": 1, "gt": 1, "ge": 1, "__and__": 1, "__or__": 1,
     "bitwise_and": 1, "bitwise_or": 1, "bitwise_not": 1, "logical_and": 1, "logical_or": 1,
@@ -121,11 +125,25 @@ def other_flops(name: str, args: tuple[Value, ...], out: Value) -> Any:
     """FLOPs of memory-bound ops, or None when there is no formula."""
     if name in _VIEW_OPS or name in _MEMORY_OPS:
         return 0
+    if name == "pow":
+        return _pow_flops(args) * numel(out)
     if name in _ELEMENTWISE_FLOPS:
         return _ELEMENTWISE_FLOPS[name] * numel(out if not isinstance(out, tuple) else out[0])
     if name in _REDUCTION_OPS:
         return numel(args[0]) if args else 0
     return None
+
+
+# pow's CPU kernel multiplies for these scalar exponents (x**3 is x*x*x) and calls the
+# general exp(y log x) for the rest: 4.0 ns per element here, 7x an add.
+_CHEAP_POW_EXPONENTS = {2.0, 3.0, 0.5, -0.5, -1.0, -2.0}
+
+
+def _pow_flops(args: tuple[Value, ...]) -> int:
+    exponent = args[1] if len(args) > 1 else None
+    if isinstance(exponent, (int, float)) and float(exponent) in _CHEAP_POW_EXPONENTS:
+        return 2
+    return 40
 
 
 def _linear(args: tuple[Value, ...], kwargs: dict[str, Value], out: Value) -> Any:
