@@ -160,7 +160,8 @@ def main() -> None:
     # depends on where the allocator happens to lay out its heap (MobileNetV2 runs at
     # 0.24-0.45 s from one fresh process to the next on an idle machine, a depthwise
     # convolution at 2 or 20 ms), so the fastest process would be a lucky outlier. Within a
-    # process, the calibration keeps the least disturbed sample.
+    # process, kernels are timed by their mean over seconds (the chain's runs, the dense
+    # kernels round robin): the rate a forward sustains on this shared host, not its best burst.
     graphs = {}
     for name in ("gpt2", "mobilenetv2"):
         model, example = models.build(name, size="full", batch=8)

@@ -11,7 +11,7 @@ on a small VM; a stage, like the benchmark's models, runs in a fresh process):
 * the memory-bound chain, at activation sizes from 0.5 to 64 MB: batch_norm, hardtanh, add,
   clone, gelu, layer_norm, softmax, transposed copy, pad (``copy`` and ``elementwise``), each
   consuming the previous op's output, as in a forward: inputs just written (in cache when they
-  fit), outputs freshly allocated; each op timed inside the chain, fastest of several runs;
+  fit), outputs freshly allocated; each op timed inside the chain, its mean over several runs;
 * ``matmul`` and ``conv``: the ``dense`` class: four matmuls (and three with an odd N), three
   regular convolutions and MobileNetV1's stem, depthwise and pointwise layers (low-intensity
   kernels), called round robin for a few seconds, each timed by its mean: the rate a forward
