@@ -5,8 +5,6 @@ import torch
 
 from dora_fx.cost_models.calibrate import (
     Measurement,
-    _measure_part,
-    _non_increasing,
     annotated_graph,
     calibrate,
     fit_device,
@@ -14,6 +12,8 @@ from dora_fx.cost_models.calibrate import (
     predict_graph_s,
 )
 from dora_fx.cost_models.device import Device
+from dora_fx.cost_models.fit import _non_increasing
+from dora_fx.cost_models.microbench import _measure_part
 from dora_fx.models import MLP
 
 
@@ -136,7 +136,7 @@ def test_unknown_calibration_part():
 
 
 def test_fresh_page_threshold_ignores_a_noisy_small_size():
-    from dora_fx.cost_models.calibrate import _fit_fresh_pages
+    from dora_fx.cost_models.fit import _fit_fresh_pages
 
     def touch(mb, seconds):
         return Measurement(f"touch {mb}", "fault", 0, mb * MB, seconds, mb * MB)
