@@ -57,7 +57,10 @@ def measure_host(
 
 
 def _measure_in_subprocess(part: str, repeats: int, quick: bool) -> list[Measurement]:
-    command = [sys.executable, "-m", __name__, "--part", part, "--repeats", str(repeats)]
+    # -c, not -m: dora_fx's __init__ imports this module, and runpy warns when asked to run a
+    # module that importing its package already loaded
+    entry = f"from {__name__} import _main; _main()"
+    command = [sys.executable, "-c", entry, "--part", part, "--repeats", str(repeats)]
     command += ["--threads", str(torch.get_num_threads())] + (["--quick"] if quick else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
