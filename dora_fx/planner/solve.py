@@ -6,9 +6,10 @@
    lower bounds (relaxations of the MILP: terms dropped, constraints dualized) and candidate
    plans (the best plan for each set of devices used, under several objectives and weights).
 3. **refine** the best candidates by local moves; score all with ``evaluate``.
-4. **exact MILP** (``formulation``, HiGHS) on small models where step 2 left a gap or found
-   nothing: one solve per objective gives an optimal plan and HiGHS's dual bound (the LP
-   relaxation's when the MIP stops early), and epsilon-constraint solves add trade-off plans.
+4. **exact MILP** (``formulation``, HiGHS in ``milp_backends``) on small models where step 2
+   left a gap or found nothing: one solve per objective gives an optimal plan and HiGHS's dual
+   bound (the LP relaxation's when the MIP stops early), and epsilon-constraint solves add
+   trade-off plans.
    Bounds combine by max: each is a valid lower bound on the same optimum.
 5. the Pareto set of the compliant plans over (latency, throughput, energy), at most
    ``max_plans``, best for the objective first; each plan's gap to the objective's bound.
@@ -30,7 +31,8 @@ from ..ir import Plan
 from ..problem import Problem
 from ..qoe import QoE
 from .dp import Dense, Stages, dense
-from .formulation import OBJECTIVES, build_formulation, solve_highs
+from .formulation import OBJECTIVES, build_formulation
+from .milp_backends import solve_highs
 from .plan_set import PlanSet, objective_value
 from .search import DpSearch, meets, refine
 from .space import PlanSpace, make_plan, plan_space
