@@ -85,8 +85,9 @@ def solve_highs(
 
 def to_cvxpy(form: Formulation, *, integral: bool = True) -> tuple[cp.Problem, cp.Variable]:
     """The same program as a cvxpy Problem (``x`` is the column vector)."""
-    integer_idx = [(int(i),) for i in np.nonzero(form.integer)[0]] if integral else []
-    x = cp.Variable(form.n_cols, integer=integer_idx) if integer_idx else cp.Variable(form.n_cols)
+    integer = np.nonzero(form.integer)[0] if integral else np.empty(0, dtype=int)
+    # cvxpy takes integer indices as one index array per dimension
+    x = cp.Variable(form.n_cols, integer=[integer]) if integer.size else cp.Variable(form.n_cols)
     constraints = []
     lower, upper = form.row_lower, form.row_upper
     eq = lower == upper

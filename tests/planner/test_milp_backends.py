@@ -1,0 +1,30 @@
+"""The cvxpy statement of the partitioning MILP is the same program HiGHS solves directly."""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import pytest
+
+from dora_fx.planner import plan_space
+from dora_fx.planner.formulation import build_formulation
+from dora_fx.planner.milp_backends import solve_highs, to_cvxpy
+from dora_fx.planner.synthetic import random_problem
+from dora_fx.planner.tables import build_tables
+
+
+@pytest.mark.parametrize("seed", [3, 17, 41])
+@pytest.mark.parametrize("objective", ["latency", "energy"])
+@pytest.mark.parametrize("integral", [True, False])
+def test_cvxpy_program_has_the_highs_optimum(seed: int, objective: str, integral: bool) -> None:
+    problem = random_problem(seed, 5, 3)
+    tables = build_tables(problem, plan_space(problem))
+    form = build_formulation(tables, problem.qoe, objective)
+    direct = solve_highs(form, integral=integral)
+    program, x = to_cvxpy(form, integral=integral)
+    program.solve(solver=cp.HIGHS)
+    if direct.status == "infeasible":
+        assert program.status == cp.INFEASIBLE
+        return
+    assert direct.status == "optimal" and program.status == cp.OPTIMAL
+    assert program.value == pytest.approx(direct.objective, rel=1e-4, abs=1e-9)
+    assert x.value is not None and x.value.shape == (form.n_cols,)
