@@ -211,7 +211,7 @@ def build_formulation(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     opts, space = tables.options, tables.space
-    n_blocks, _n_classes, n_media = tables.n_blocks, len(space.classes), len(tables.media)
+    n_blocks, n_media = tables.n_blocks, len(tables.media)
     scatter_s = np.array([s.step_s(np.array([tables.input_bytes]))[0] for s in tables.scatter])
     idx = _keep_options(tables, qoe, scatter_s)
     g, a, b = opts.group[idx], opts.start[idx], opts.stop[idx]

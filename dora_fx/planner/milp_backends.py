@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import cvxpy as cp
@@ -17,6 +18,8 @@ __all__ = ["MilpResult", "solve_highs", "to_cvxpy"]
 
 @dataclass(frozen=True)
 class MilpResult:
+    """One HiGHS solve of a formulation: status, objective at ``x``, dual bound, seconds."""
+
     status: str  # "optimal", "feasible" (time limit with an incumbent), "infeasible", "unknown"
     objective: float
     bound: float  # a valid lower bound on the objective over the integer program
@@ -33,8 +36,6 @@ def solve_highs(
 ) -> MilpResult:
     """Solve ``form`` (or its LP relaxation) with HiGHS. ``bound`` is HiGHS's dual bound: the
     LP optimum, or the branch-and-bound bound when the MIP stops early."""
-    import time
-
     start = time.perf_counter()
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
@@ -79,7 +80,7 @@ def solve_highs(
         bound = objective if status == ms.kOptimal else -math.inf
         label = "optimal" if status == ms.kOptimal else "unknown"
     if not math.isfinite(bound):
-        bound = -math.inf if label != "infeasible" else math.inf
+        bound = -math.inf  # no bound known (infeasible returned above)
     return MilpResult(label, objective, float(bound), x, seconds)
 
 
