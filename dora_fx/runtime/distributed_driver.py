@@ -5,7 +5,7 @@ folder (``distributed_schedule.rank_schedule``: the microbatch count is the sche
 hands them to a ``_Driver``, which
 
 1. warms up: runs ``warmup`` requests unmeasured and not emulated, recording the stage's ops
-   (``emulation.CostRecorder``) and its CPU time per item (one microbatch of one request);
+   (``cost_recorder.CostRecorder``) and its CPU time per item (one microbatch of one request);
 2. starts emulation (when asked): the dilation every rank agrees on (``time_scale``), the
    compute stretch of this device and the link shaper on the shared-medium ledger, paced by
    the schedule's contention policy;
@@ -33,6 +33,7 @@ import torch.distributed as dist
 
 from ..ir import Plan
 from ..schedule import Schedule
+from .compute_emulation import ComputeStretch, CpuSamples
 from .distributed_schedule import StageRunner, rank_schedule
 from .distributed_transport import (
     DistTransport,
@@ -42,7 +43,6 @@ from .distributed_transport import (
     rank_table,
     split_sizes,
 )
-from .emulation import ComputeStretch, CpuSamples
 from .segments import segment_program
 
 __all__ = ["RunConfig", "run_rank", "STARTUP_TIMEOUT_S"]
@@ -58,7 +58,7 @@ class RunConfig:
     operations. ``time_scale``: wall seconds per emulated second (None: the smallest at which
     every device can be emulated, times ``EMULATION_MARGIN``). ``host``: the calibrated host as
     ``Device`` JSON. ``compute_reference``: what a device's predicted time is scaled against,
-    the stage's ``"measured"`` host time or the host ``"profile"`` (see ``emulation``).
+    the stage's ``"measured"`` host time or the host ``"profile"`` (see ``compute_emulation``).
     ``microbatches``: None runs the plan's schedule as compiled; a count relowers it for that
     many (every rank the same way). ``fault``: ``{"rank": r, "item": k, "kind": "kill" |
     "hang"}`` makes a rank fail on purpose before the request holding its ``k``-th item of the
@@ -260,7 +260,7 @@ class _Driver:
 
     def _rescale(self) -> None:
         """Measured reference: the mean CPU time per item of the recent items (the warm-up's
-        and the stream's; ``emulation.measured_reference_s``), from a bounded window."""
+        and the stream's; ``compute_emulation.measured_reference_s``), from a bounded window."""
         if self.config.compute_reference != "measured" or self._device_wall_s is None:
             return
         reference = self._cpu_samples.reference_s(self._stream_start)
@@ -303,13 +303,9 @@ class _Driver:
     def _start_emulation(self, manifest: dict[str, Any], ops: list[Any]) -> None:
         from ..cost_models.cluster import Cluster
         from ..cost_models.device import Device
-        from .emulation import (
-            LinkShaper,
-            MediumLedger,
-            dilation,
-            resource_keys,
-            stage_time_s,
-        )
+        from .compute_emulation import dilation
+        from .cost_recorder import stage_time_s
+        from .network_emulation import LinkShaper, MediumLedger, resource_keys
 
         if not self.config.emulate:
             return

@@ -36,8 +36,9 @@ import torch
 
 from ..comm_ops import use_transport
 from ..schedule import Action, Kind, Schedule, ScheduleError, StageSchedule, Step, lower, relower
+from .compute_emulation import ComputeStretch
+from .cost_recorder import CostRecorder, OpCost
 from .distributed_transport import DistTransport, Sending
-from .emulation import ComputeStretch, CostRecorder, OpCost
 from .segments import SegmentProgram, StageView
 
 __all__ = ["rank_schedule", "StageRunner", "TRACE_LIMIT"]

@@ -24,8 +24,9 @@ Data-parallel groups split every tensor with a ``batch_dim`` by the group's shar
 empty piece), and the receiver concatenates the pieces in slot order; tensors without a batch
 dim are sent by slot 0 to every slot. CUDA stages stage tensors through the CPU for gloo.
 
-Emulation: every message of a shaped send goes through the ``emulation.LinkShaper``, with the
-priority ``(request, microbatch, -receiving stage)`` its ``critical-first`` pacing uses.
+Emulation: every message of a shaped send goes through the ``network_emulation.LinkShaper``,
+with the priority ``(request, microbatch, -receiving stage)`` its ``critical-first`` pacing
+uses.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 from ..errors import RankFailedError
 from ..ir import Plan
 from ..schedule import ScheduleError
-from .emulation import LinkShaper
+from .network_emulation import LinkShaper
 from .wire import DATA, chunk_sizes, end_header, header, isend_message, receive_loop
 
 __all__ = [

@@ -41,17 +41,8 @@ from torch import nn
 
 from ..cost_models.cluster import Cluster
 from ..cost_models.device import Device
-from .emulation import (
-    ComputeStretch,
-    CostRecorder,
-    LinkShaper,
-    MediumLedger,
-    OpCost,
-    dilation,
-    measured_reference_s,
-    resource_keys,
-    stage_time_s,
-)
+from .compute_emulation import ComputeStretch, dilation, measured_reference_s
+from .cost_recorder import CostRecorder, OpCost, stage_time_s
 from .launch import (
     DistributedResult,
     die_with_parent,
@@ -60,6 +51,7 @@ from .launch import (
     run_worker,
     spawn_ranks,
 )
+from .network_emulation import LinkShaper, MediumLedger, resource_keys
 
 __all__ = ["even_split_points", "run_pipelining", "PeerConfig", "PeerRank"]
 

@@ -10,7 +10,9 @@ import torch
 
 import dora_fx
 from dora_fx.runtime.cli_run import add_run_parser
-from dora_fx.runtime.emulation import ComputeStretch, CostRecorder, MediumLedger, stage_time_s
+from dora_fx.runtime.compute_emulation import ComputeStretch
+from dora_fx.runtime.cost_recorder import CostRecorder, stage_time_s
+from dora_fx.runtime.network_emulation import MediumLedger
 
 
 def test_two_flows_on_one_resource_alternate_and_pay_for_contention(tmp_path):
@@ -66,7 +68,7 @@ def test_cli_run_says_what_to_send(mlp_plan, capsys):
 
 
 def test_dilation_keeps_the_host_under_its_share_of_the_cores():
-    from dora_fx.runtime.emulation import HOST_LOAD, dilation, host_capacity_scale
+    from dora_fx.runtime.compute_emulation import HOST_LOAD, dilation, host_capacity_scale
 
     # 6 ms of CPU per item over all ranks, 1 ms bottleneck, 2 cores of which half are ours
     scale = host_capacity_scale(6e-3, 1e-3, inflation=2.0, cores=2)
@@ -75,7 +77,7 @@ def test_dilation_keeps_the_host_under_its_share_of_the_cores():
 
 
 def test_measured_reference_is_the_stream_mean_once_there_are_enough_samples():
-    from dora_fx.runtime.emulation import measured_reference_s
+    from dora_fx.runtime.compute_emulation import measured_reference_s
 
     warmup = [1.0, 1.0, 1.0]
     assert measured_reference_s(warmup + [3.0], stream_start=3) == 1.5  # too few: all samples
@@ -88,7 +90,7 @@ def test_cpu_samples_keep_a_window_with_the_reference_of_all_samples():
     list: before the stream, early in it (too few: all samples) and far into it."""
     import random
 
-    from dora_fx.runtime.emulation import REFERENCE_WINDOW, CpuSamples, measured_reference_s
+    from dora_fx.runtime.compute_emulation import REFERENCE_WINDOW, CpuSamples, measured_reference_s
 
     rng = random.Random(0)
     samples, window = [], CpuSamples()
@@ -115,7 +117,7 @@ def _race(tmp_path, policy):
     """Two ranks' flows on one Wi-Fi medium: a bulk one (request 1) starts, a critical one
     (request 0) joins 20 ms later; when each one's last bit left, from the start."""
     from dora_fx.cost_models.network import Link, Medium, Network
-    from dora_fx.runtime.emulation import LinkShaper, resource_keys
+    from dora_fx.runtime.network_emulation import LinkShaper, resource_keys
 
     network = Network(
         "wifi", media=(Medium("air", "shared", contention_efficiency=0.5),),
