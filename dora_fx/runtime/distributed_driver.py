@@ -35,14 +35,8 @@ from ..ir import Plan
 from ..schedule import Schedule
 from .compute_emulation import ComputeStretch, CpuSamples
 from .distributed_schedule import StageRunner, rank_schedule
-from .distributed_transport import (
-    DistTransport,
-    RankInfo,
-    StageWiring,
-    batch_rows,
-    rank_table,
-    split_sizes,
-)
+from .distributed_transport import DistTransport
+from .distributed_wiring import RankInfo, StageWiring, batch_rows, rank_table, split_sizes
 from .segments import segment_program
 
 __all__ = ["RunConfig", "run_rank", "STARTUP_TIMEOUT_S"]

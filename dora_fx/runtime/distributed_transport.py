@@ -1,10 +1,10 @@
 """Distributed runtime, transport: tensors between ranks over torch.distributed P2P.
 
-Ranks follow the plan (``rank_table``: stage major, then the devices of a data-parallel group).
-A rank executes its stage's schedule (``distributed_schedule``) once per request, one *item*
-per microbatch (item = request * microbatches + microbatch); its WAIT and SEND actions come
-here. Rank 0 also is the source and the sink: it cuts requests into microbatches, sends every
-stage the user inputs it uses, and collects the model outputs.
+Ranks follow the plan (``distributed_wiring``: stage major, then the devices of a data-parallel
+group). A rank executes its stage's schedule (``distributed_schedule``) once per request, one
+*item* per microbatch (item = request * microbatches + microbatch); its WAIT and SEND actions
+come here. Rank 0 also is the source and the sink: it cuts requests into microbatches, sends
+every stage the user inputs it uses, and collects the model outputs.
 
 Every tensor travels as a self-describing message (``wire``: a fixed-size int64 header with
 item, tag, dtype, shape, the item's batch, chunk index and count, then the payload), so
@@ -20,9 +20,10 @@ from the request) and forgets it when done with the item (``forget``), so a long
 keeps only the items in flight.
 
 Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
-(``split_sizes``): a sender slot sends each receiver slot the rows both hold (possibly none, an
-empty piece), and the receiver concatenates the pieces in slot order; tensors without a batch
-dim are sent by slot 0 to every slot. CUDA stages stage tensors through the CPU for gloo.
+(``distributed_wiring.split_sizes``): a sender slot sends each receiver slot the rows both hold
+(possibly none, an empty piece), and the receiver concatenates the pieces in slot order; tensors
+without a batch dim are sent by slot 0 to every slot. CUDA stages stage tensors through the CPU
+for gloo.
 
 Emulation: every message of a shaped send goes through the ``network_emulation.LinkShaper``,
 with the priority ``(request, microbatch, -receiving stage)`` its ``critical-first`` pacing
@@ -41,21 +42,16 @@ from typing import Any
 import torch
 
 from ..errors import RankFailedError
-from ..ir import Plan
 from ..schedule import ScheduleError
+from .distributed_wiring import RankInfo, StageWiring, batch_rows, split_sizes
 from .network_emulation import LinkShaper
 from .wire import DATA, chunk_sizes, end_header, header, isend_message, receive_loop
 
 __all__ = [
-    "RankInfo",
-    "rank_table",
-    "split_sizes",
-    "StageWiring",
     "DistTransport",
     "Sending",
     "INPUT_TAG",
     "OUTPUT_TAG",
-    "batch_rows",
     "chunk_sizes",
 ]
 
@@ -65,105 +61,11 @@ _MAX_TRANSFER_LOG = 10_000
 _MAX_PENDING = 64  # un-waited sends kept before the oldest are waited
 
 
-@dataclass(frozen=True)
-class RankInfo:
-    rank: int
-    stage: int
-    slot: int  # position in the stage's data-parallel group
-    device: str
-    shares: tuple[float, ...]  # the group's shares
-
-    def describe(self) -> str:
-        group = f" slot {self.slot}" if len(self.shares) > 1 else ""
-        return f"rank {self.rank} (stage {self.stage}{group} on device {self.device!r})"
-
-
-def rank_table(plan: Plan) -> list[RankInfo]:
-    """Ranks in stage order, then device order within a stage."""
-    table: list[RankInfo] = []
-    for stage in plan.stages:
-        for slot, device in enumerate(stage.devices):
-            table.append(RankInfo(len(table), stage.index, slot, device, stage.shares))
-    return table
-
-
-def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
-    """Rows of a batch per slot: proportional to the shares (largest remainder), at least one
-    each, so every slot of a data-parallel group has work."""
-    if len(shares) == 1:
-        return [batch]
-    if batch < len(shares):
-        raise ValueError(
-            f"a batch of {batch} cannot be split over a data-parallel group of {len(shares)} "
-            "devices; send batches (or microbatches) of at least that many rows"
-        )
-    raw = [s * batch / sum(shares) for s in shares]
-    sizes = [max(1, int(r)) for r in raw]
-    while sum(sizes) < batch:
-        sizes[max(range(len(raw)), key=lambda i: raw[i] - sizes[i])] += 1
-    while sum(sizes) > batch:
-        sizes[
-            max((i for i in range(len(raw)) if sizes[i] > 1), key=lambda i: sizes[i] - raw[i])
-        ] -= 1
-    return sizes
-
-
 def _bounds(batch: int, shares: Sequence[float]) -> list[tuple[int, int]]:
     edges = [0]
     for size in split_sizes(batch, shares):
         edges.append(edges[-1] + size)
     return list(zip(edges[:-1], edges[1:]))
-
-
-@dataclass
-class StageWiring:
-    """What plan.json says about every stage: its ranks and its tensors' batch dims."""
-
-    table: list[RankInfo]
-    send_dims: dict[int, dict[tuple[int, int], int | None]]  # stage -> (peer, tag) -> batch dim
-    recv_dims: dict[int, dict[tuple[int, int], int | None]]
-    output_dims: dict[int, int | None]  # user output position -> batch dim
-    input_stages: dict[int, list[int]]  # stage -> user input positions it uses
-    output_stages: dict[int, list[int]]  # stage -> user output positions it returns
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> StageWiring:
-        plan = Plan.from_json(manifest["plan"])
-        send_dims, recv_dims, output_dims = {}, {}, {}
-        inputs, outputs = {}, {}
-        for entry in manifest["stages"]:
-            index = entry["index"]
-            send_dims[index] = {(s["peer"], s["tag"]): _batch_dim(s) for s in entry["sends"]}
-            recv_dims[index] = {(r["peer"], r["tag"]): _batch_dim(r) for r in entry["recvs"]}
-            for position, spec in zip(entry["output_indices"], entry["outputs"]):
-                output_dims[position] = None if spec is None else spec.get("batch_dim")
-            inputs[index] = list(entry["input_indices"])
-            outputs[index] = list(entry["output_indices"])
-        return cls(rank_table(plan), send_dims, recv_dims, output_dims, inputs, outputs)
-
-    @property
-    def num_stages(self) -> int:
-        return 1 + max(r.stage for r in self.table)
-
-    def ranks_of(self, stage: int) -> list[RankInfo]:
-        return [r for r in self.table if r.stage == stage]
-
-    def links(self) -> set[tuple[int, int]]:
-        """Every (sending rank, receiving rank) pair that can carry a tensor."""
-        pairs: set[tuple[int, int]] = set()
-        for info in self.table:
-            for peer, _ in self.send_dims[info.stage]:
-                pairs.update((info.rank, r.rank) for r in self.ranks_of(peer))
-            if self.input_stages[info.stage]:
-                pairs.add((0, info.rank))
-            if self.output_stages[info.stage]:
-                pairs.add((info.rank, 0))
-        return {(a, b) for a, b in pairs if a != b}
-
-
-def _batch_dim(entry: dict[str, Any]) -> int | None:
-    spec = entry.get("tensor")
-    return None if spec is None else spec.get("batch_dim")
 
 
 @dataclass
@@ -555,11 +457,3 @@ class DistTransport:
                 raise self._peer_failed(src, -1, self._mail.errors[src])
             if thread.is_alive():
                 raise self._peer_failed(src, -1, TimeoutError("it never said it was done"))
-
-
-def batch_rows(flat: Sequence[Any]) -> int:
-    """Rows of a request: the first dim of its first tensor with dims (0 if none)."""
-    for value in flat:
-        if isinstance(value, torch.Tensor) and value.dim():
-            return int(value.shape[0])
-    return 0

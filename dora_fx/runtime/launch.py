@@ -174,7 +174,7 @@ def run_local(
     from ..errors import InputError
     from ..serialize import _load_spec, _read_manifest
     from .distributed_schedule import rank_schedule
-    from .distributed_transport import batch_rows
+    from .distributed_wiring import batch_rows
     from .local import flatten_inputs
 
     plan_dir = Path(plan_dir)

@@ -130,7 +130,7 @@ class Session:
         request the plan cannot take (fewer rows than the schedule's microbatches) is refused
         here, before anything is queued: on the ranks it would end the session."""
         from ..errors import InputError
-        from .distributed_transport import batch_rows
+        from .distributed_wiring import batch_rows
         from .launch import _args_kwargs
         from .local import flatten_inputs
 

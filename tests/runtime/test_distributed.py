@@ -204,12 +204,8 @@ class _DeadPeerWork:
 
 def _lonely_transport():
     """Rank 0 of a two-rank table with no links (so no receiver threads, no gloo calls)."""
-    from dora_fx.runtime.distributed_transport import (
-        _MAX_PENDING,
-        DistTransport,
-        RankInfo,
-        StageWiring,
-    )
+    from dora_fx.runtime.distributed_transport import _MAX_PENDING, DistTransport
+    from dora_fx.runtime.distributed_wiring import RankInfo, StageWiring
 
     table = [RankInfo(0, 0, 0, "a", (1.0,)), RankInfo(1, 1, 0, "b", (1.0,))]
     wiring = StageWiring(table, {0: {}, 1: {}}, {0: {}, 1: {}}, {}, {0: [], 1: []}, {0: [], 1: []})
