@@ -50,7 +50,7 @@ class RunConfig:
     per rank); ``rate_rps``: release requests at this rate instead (open loop, device time).
     ``warmup``: requests run first, unmeasured and not emulated, to count each stage's
     operations. ``time_scale``: wall seconds per emulated second (None: the smallest at which
-    every device can be emulated, times ``EMULATION_MARGIN``). ``host``: the calibrated host as
+    every device can be emulated, times ``contention_margin``). ``host``: the calibrated host as
     ``Device`` JSON. ``compute_reference``: what a device's predicted time is scaled against,
     the stage's ``"measured"`` host time or the host ``"profile"`` (see ``compute_emulation``).
     ``microbatches``: None runs the plan's schedule as compiled; a count relowers it for that

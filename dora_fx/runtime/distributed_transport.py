@@ -52,7 +52,6 @@ __all__ = [
     "Sending",
     "INPUT_TAG",
     "OUTPUT_TAG",
-    "chunk_sizes",
 ]
 
 INPUT_TAG = 1 << 24  # + user input position
