@@ -87,13 +87,13 @@ class CompiledModel(LocalPipeline):
         captured = state.captured
         values = [n.meta.get("val") for n in captured.gm.graph.nodes if n.op == "placeholder"]
         specs = [tensor_spec(v, captured.symbols) for v in values]
-        self.input_shapes = [None if s is None else s["shape"] for s in specs]
         super().__init__(
             state.stages,
             captured.in_spec,
             captured.out_spec,
             [(v.dim(), v.dtype) if isinstance(v, torch.Tensor) else None for v in values],
             [None if s is None else s["batch_dim"] for s in specs],
+            [None if s is None else s["shape"] for s in specs],
         )
         self.state = state
         self.plan = state.plan
@@ -150,7 +150,7 @@ class CompiledModel(LocalPipeline):
             out_spec=self.out_spec,
             input_meta=self.input_meta,
             input_batch_dims=self.input_batch_dims,
-            input_shapes=self.input_shapes,
+            input_shapes=[None if s is None else list(s) for s in self.input_shapes],
             extra={"cluster": self.cluster.to_json(), "qoe": self.qoe.to_json()},
         )
 

@@ -89,19 +89,28 @@ class LoadedModel(LocalPipeline):
     """A pipeline rebuilt from a plan folder; call it like the original model."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any], stages: list[StageModule]):
-        inputs = [
-            None if m is None else (m["ndim"], _dtype(m["dtype"])) for m in manifest["inputs"]
-        ]
+        meta, shapes = input_checks(manifest)
         super().__init__(
             stages,
             _load_spec(manifest["in_spec"]),
             _load_spec(manifest["out_spec"]),
-            inputs,
+            meta,
             [None if m is None else m.get("batch_dim") for m in manifest["inputs"]],
+            shapes,
         )
         self.folder = folder
         self.manifest = manifest
         self.plan = Plan.from_json(manifest["plan"])
+
+
+def input_checks(
+    manifest: dict[str, Any],
+) -> tuple[list[tuple[int, torch.dtype] | None], list[list[int | str] | None]]:
+    """What each input must be, from a plan folder's manifest: ``(ndim, dtype)`` and the
+    compiled shape (for ``runtime.local.check_input_tensors``)."""
+    entries = manifest["inputs"]
+    meta = [None if m is None else (m["ndim"], _dtype(m["dtype"])) for m in entries]
+    return meta, [None if m is None else m.get("shape") for m in entries]
 
 
 def load(path: str | Path) -> LoadedModel:

@@ -82,6 +82,22 @@ def test_wrong_inputs_at_call_time():
         compiled(inputs[0], inputs[0])
     with pytest.raises(dora_fx.InputError, match=r"expected a 2-d torch.float32 tensor, got a 2-d torch.int64"):
         compiled(torch.ones(2, 64, dtype=torch.long))
+    with pytest.raises(dora_fx.InputError, match=r"input 0: dimension 1 has size 32, but the plan was "
+                       r"compiled for shape \[batch, 64\] \(named dimensions may vary"):
+        compiled(torch.ones(2, 32))
+    compiled(torch.ones(5, 64))  # the batch may vary
+
+
+def test_wrong_input_sizes_are_refused_before_any_rank_starts(saved):
+    """A saved plan checks fixed sizes in-process and before launching ranks (a rank would
+    fail mid-run, in a reshape far from the cause)."""
+    from dora_fx.runtime.launch import run_local
+
+    folder, inputs = saved
+    with pytest.raises(dora_fx.InputError, match="dimension 1 has size 32"):
+        dora_fx.load(folder)(torch.ones(2, 32))
+    with pytest.raises(dora_fx.InputError, match="request 1: input 0: dimension 1 has size 32"):
+        run_local(folder, [inputs, (torch.ones(2, 32),)])
 
 
 @pytest.fixture

@@ -28,6 +28,10 @@ def add_run_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--inputs", help="torch.save'd tuple of example inputs")
     parser.add_argument("--model", help="take the example input from this zoo model")
     parser.add_argument("--batch", type=int, default=4, help="batch of the zoo input")
+    parser.add_argument(
+        "--size", default="full", choices=("small", "full"),
+        help="zoo model size the plan was made for (default: full, as 'dora-fx plan')",
+    )  # fmt: skip
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument(
         "--microbatches", type=int, default=None,
@@ -87,7 +91,7 @@ def _example(args: argparse.Namespace) -> tuple[Any, ...]:
     if args.model:
         from .. import models
 
-        return tuple(models.build(args.model, batch=args.batch)[1])
+        return tuple(models.build(args.model, size=args.size, batch=args.batch)[1])
     raise ValueError(
         "say what to send: --inputs FILE (torch.save of the input tuple) or --model NAME "
         "--batch B for an input from the model zoo"

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def check_requests(manifest: dict[str, Any], flat_requests: Iterable[tuple[int, list[Any]]]) -> None:
+    """Refuse, before any rank starts, a request whose inputs are not what the plan was
+    compiled for (on a rank it would fail mid-run, in a reshape far from the cause)."""
+    from ..errors import InputError
+    from ..serialize import input_checks
+    from .local import check_input_tensors
+
+    meta, shapes = input_checks(manifest)
+    for request_id, flat in flat_requests:
+        try:
+            check_input_tensors(flat, meta, shapes)
+        except InputError as exc:
+            raise InputError(f"request {request_id}: {exc}") from None
+
+
 def _check_port(port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -181,6 +196,7 @@ def run_local(
     manifest = _read_manifest(plan_dir)
     in_spec, out_spec = _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"])
     flat_requests = [flatten_inputs(*_args_kwargs(r), in_spec) for r in requests]
+    check_requests(manifest, enumerate(flat_requests))
     compiled = rank_schedule(manifest).microbatches
     m = microbatches or compiled
     notes = [] if m == compiled else [

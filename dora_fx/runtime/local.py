@@ -108,11 +108,13 @@ class LocalPipeline:
         out_spec: pytree.TreeSpec,
         input_meta: Sequence[tuple[int, torch.dtype] | None] = (),
         input_batch_dims: Sequence[int | None] = (),
+        input_shapes: Sequence[Sequence[int | str] | None] = (),
     ) -> None:
         self.stages = list(stages)
         self.in_spec, self.out_spec = in_spec, out_spec
         self.input_meta = list(input_meta)
         self.input_batch_dims = list(input_batch_dims) or [None] * len(self.input_meta)
+        self.input_shapes = list(input_shapes) or [None] * len(self.input_meta)
         self.num_outputs = sum(len(s.output_indices) for s in self.stages)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -167,16 +169,35 @@ class LocalPipeline:
         return None
 
     def _check_tensors(self, flat: list[Any]) -> None:
-        for position, (value, meta) in enumerate(zip(flat, self.input_meta)):
-            if meta is None:
-                continue
-            ndim, dtype = meta
-            if not isinstance(value, torch.Tensor):
-                raise InputError(f"input {position}: expected a Tensor, got {type(value).__name__}")
-            if value.dim() != ndim or value.dtype != dtype:
+        check_input_tensors(flat, self.input_meta, self.input_shapes)
+
+
+def check_input_tensors(
+    flat: Sequence[Any],
+    input_meta: Sequence[tuple[int, torch.dtype] | None],
+    input_shapes: Sequence[Sequence[int | str] | None],
+) -> None:
+    """Raise ``InputError`` for the first flattened input that is not what the plan was
+    compiled for: a tensor of the same rank and dtype whose fixed dimensions (ints in
+    ``input_shapes``; ``batch``/``seq`` expressions may vary) have the compiled sizes."""
+    for position, (value, meta, shape) in enumerate(zip(flat, input_meta, input_shapes)):
+        if meta is None:
+            continue
+        ndim, dtype = meta
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"input {position}: expected a Tensor, got {type(value).__name__}")
+        if value.dim() != ndim or value.dtype != dtype:
+            raise InputError(
+                f"input {position}: expected a {ndim}-d {dtype} tensor, got a "
+                f"{value.dim()}-d {value.dtype} tensor of shape {tuple(value.shape)}"
+            )
+        for dim, (want, got) in enumerate(zip(shape or (), value.shape)):
+            if isinstance(want, int) and want != got:
                 raise InputError(
-                    f"input {position}: expected a {ndim}-d {dtype} tensor, got a "
-                    f"{value.dim()}-d {value.dtype} tensor of shape {tuple(value.shape)}"
+                    f"input {position}: dimension {dim} has size {got}, but the plan was "
+                    f"compiled for shape [{', '.join(map(str, shape or ()))}] (named dimensions "
+                    f"may vary, numbers may not); build the input at those sizes or compile "
+                    f"the model again for this one"
                 )
 
 

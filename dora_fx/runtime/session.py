@@ -90,7 +90,7 @@ class Session:
     def __init__(self, plan_dir: str | Path, example: Any, **options: Any) -> None:
         from ..serialize import _load_spec, _read_manifest
         from .distributed_schedule import rank_schedule
-        from .launch import _args_kwargs, run_config
+        from .launch import _args_kwargs, check_requests, run_config
         from .local import flatten_inputs
 
         manifest = _read_manifest(Path(plan_dir))
@@ -105,6 +105,8 @@ class Session:
         self.outbox.mkdir()
         warmup = options.pop("warmup", 3)
         flat = flatten_inputs(*_args_kwargs(example), self._in_spec)
+        check_requests(manifest, [(0, flat)])
+        self._manifest = manifest
         config = run_config(plan_dir, str(run_dir), warmup=warmup, **options)
         config.inbox_dir = str(self.inbox)
         torch.save([flat] * max(warmup, 1), config.requests_path)
@@ -131,10 +133,11 @@ class Session:
         here, before anything is queued: on the ranks it would end the session."""
         from ..errors import InputError
         from .distributed_wiring import batch_rows
-        from .launch import _args_kwargs
+        from .launch import _args_kwargs, check_requests
         from .local import flatten_inputs
 
         flats = [(rid, flatten_inputs(*_args_kwargs(r), self._in_spec)) for rid, r in items]
+        check_requests(self._manifest, flats)
         m = self._microbatches
         for rid, flat in flats:
             if m > 1 and 0 < batch_rows(flat) < m:
