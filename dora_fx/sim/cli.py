@@ -53,9 +53,10 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--size",
-        default="small",
+        default="full",
         choices=("small", "full"),
-        help="model zoo size: small (fast) or full (published config); default small",
+        help="model zoo size: full (the published config; default, as 'dora-fx plan' and "
+        "'dora-fx run') or small (a shrunken one, fast)",
     )
     parser.add_argument(
         "--batch", type=int, default=8, help="request batch size for --model (default 8)"
