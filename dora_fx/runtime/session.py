@@ -130,7 +130,8 @@ class Session:
     def submit(self, items: Sequence[tuple[int, Any]]) -> None:
         """Queue ``(request_id, request)`` pairs (the request as the model is called). A
         request the plan cannot take (inputs not of the compiled sizes, or fewer rows than the
-        schedule's microbatches) is refused here, before anything is queued: on the ranks it would end the session."""
+        schedule's microbatches) is refused here, before anything is queued: on the ranks it
+        would end the session."""
         from ..errors import InputError
         from .distributed_wiring import batch_rows
         from .launch import _args_kwargs, check_requests
