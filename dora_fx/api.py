@@ -150,7 +150,7 @@ class CompiledModel(LocalPipeline):
             out_spec=self.out_spec,
             input_meta=self.input_meta,
             input_batch_dims=self.input_batch_dims,
-            input_shapes=[None if s is None else list(s) for s in self.input_shapes],
+            input_shapes=self.input_shapes,
             extra={"cluster": self.cluster.to_json(), "qoe": self.qoe.to_json()},
         )
 

@@ -113,14 +113,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def check_requests(manifest: dict[str, Any], flat_requests: Iterable[tuple[int, list[Any]]]) -> None:
+def check_requests(
+    checks: tuple[list[Any], list[Any]], flat_requests: Iterable[tuple[int, list[Any]]]
+) -> None:
     """Refuse, before any rank starts, a request whose inputs are not what the plan was
-    compiled for (on a rank it would fail mid-run, in a reshape far from the cause)."""
+    compiled for (on a rank it would fail mid-run, in a reshape far from the cause).
+    ``checks``: ``serialize.input_checks`` of the plan's manifest."""
     from ..errors import InputError
-    from ..serialize import input_checks
     from .local import check_input_tensors
 
-    meta, shapes = input_checks(manifest)
+    meta, shapes = checks
     for request_id, flat in flat_requests:
         try:
             check_input_tensors(flat, meta, shapes)
@@ -187,7 +189,7 @@ def run_local(
     contention policy (needs ``host``, the calibrated host).
     """
     from ..errors import InputError
-    from ..serialize import _load_spec, _read_manifest
+    from ..serialize import _load_spec, _read_manifest, input_checks
     from .distributed_schedule import rank_schedule
     from .distributed_wiring import batch_rows
     from .local import flatten_inputs
@@ -196,7 +198,7 @@ def run_local(
     manifest = _read_manifest(plan_dir)
     in_spec, out_spec = _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"])
     flat_requests = [flatten_inputs(*_args_kwargs(r), in_spec) for r in requests]
-    check_requests(manifest, enumerate(flat_requests))
+    check_requests(input_checks(manifest), enumerate(flat_requests))
     compiled = rank_schedule(manifest).microbatches
     m = microbatches or compiled
     notes = [] if m == compiled else [

@@ -114,7 +114,9 @@ class LocalPipeline:
         self.in_spec, self.out_spec = in_spec, out_spec
         self.input_meta = list(input_meta)
         self.input_batch_dims = list(input_batch_dims) or [None] * len(self.input_meta)
-        self.input_shapes = list(input_shapes) or [None] * len(self.input_meta)
+        self.input_shapes: list[list[int | str] | None] = [
+            None if s is None else list(s) for s in input_shapes
+        ] or [None] * len(self.input_meta)
         self.num_outputs = sum(len(s.output_indices) for s in self.stages)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -88,7 +88,7 @@ class Session:
     """
 
     def __init__(self, plan_dir: str | Path, example: Any, **options: Any) -> None:
-        from ..serialize import _load_spec, _read_manifest
+        from ..serialize import _load_spec, _read_manifest, input_checks
         from .distributed_schedule import rank_schedule
         from .launch import _args_kwargs, check_requests, run_config
         from .local import flatten_inputs
@@ -105,8 +105,8 @@ class Session:
         self.outbox.mkdir()
         warmup = options.pop("warmup", 3)
         flat = flatten_inputs(*_args_kwargs(example), self._in_spec)
-        check_requests(manifest, [(0, flat)])
-        self._manifest = manifest
+        self._input_checks = input_checks(manifest)
+        check_requests(self._input_checks, [(0, flat)])
         config = run_config(plan_dir, str(run_dir), warmup=warmup, **options)
         config.inbox_dir = str(self.inbox)
         torch.save([flat] * max(warmup, 1), config.requests_path)
@@ -138,7 +138,7 @@ class Session:
         from .local import flatten_inputs
 
         flats = [(rid, flatten_inputs(*_args_kwargs(r), self._in_spec)) for rid, r in items]
-        check_requests(self._manifest, flats)
+        check_requests(self._input_checks, flats)
         m = self._microbatches
         for rid, flat in flats:
             if m > 1 and 0 < batch_rows(flat) < m:
