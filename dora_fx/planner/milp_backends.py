@@ -11,6 +11,7 @@ import cvxpy as cp
 import highspy
 import numpy as np
 
+from ..errors import PlanError
 from .formulation import Formulation
 
 __all__ = ["MilpResult", "solve_highs", "to_cvxpy"]
@@ -41,7 +42,9 @@ def solve_highs(
     h.setOptionValue("output_flag", False)
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
-    h.setOptionValue("threads", 1)
+    # No "threads" option: HiGHS keeps one task scheduler per process, and a run whose thread
+    # count differs from the scheduler's fails (HiGHS >= 1.16), e.g. after the adapter's LP or a
+    # user's own default-threads solve.
     lp = highspy.HighsLp()
     lp.num_col_ = form.n_cols
     lp.num_row_ = int(form.row_lower.size)
@@ -63,7 +66,11 @@ def solve_highs(
             for i in form.integer
         ]
     h.passModel(lp)
-    h.run()
+    if h.run() == highspy.HighsStatus.kError:
+        raise PlanError(
+            "HiGHS returned an error on the partitioning MILP "
+            f"(model status: {h.modelStatusToString(h.getModelStatus())})"
+        )
     status = h.getModelStatus()
     info = h.getInfo()
     seconds = time.perf_counter() - start

@@ -28,3 +28,18 @@ def test_cvxpy_program_has_the_highs_optimum(seed: int, objective: str, integral
     assert direct.status == "optimal" and program.status == cp.OPTIMAL
     assert program.value == pytest.approx(direct.objective, rel=1e-4, abs=1e-9)
     assert x.value is not None and x.value.shape == (form.n_cols,)
+
+
+def test_solve_follows_a_default_threads_highs_run_in_the_same_process() -> None:
+    """HiGHS keeps one task scheduler per process; a solve asking for another thread count
+    than an earlier run's (the adapter's LP, a user's own model) used to come back 'unknown'."""
+    import highspy
+    import numpy as np
+
+    earlier = highspy.Highs()
+    earlier.setOptionValue("output_flag", False)
+    earlier.addVars(2, np.zeros(2), np.ones(2))
+    earlier.run()
+    problem = random_problem(3, 5, 3)
+    form = build_formulation(build_tables(problem, plan_space(problem)), problem.qoe, "latency")
+    assert solve_highs(form).status == "optimal"
