@@ -12,6 +12,10 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .qoe import QoE
 
 __all__ = ["main", "build_parser"]
 
@@ -40,18 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: full)")
     plan.add_argument("--scenario", default="smart_home", choices=sorted(SCENARIOS),
                       help="cluster of devices and network to plan for (default: smart_home)")
-    plan.add_argument("--latency-ms", type=float, default=None,
-                      help="latency SLO per request in milliseconds (default: none)")
-    plan.add_argument("--throughput-rps", type=float, default=None,
-                      help="throughput floor in requests per second (default: none)")
-    plan.add_argument("--energy-j", type=float, default=None,
-                      help="energy budget per request in joules (default: none)")
+    add_qoe_arguments(plan)
     plan.add_argument("--request-rate-rps", type=float, default=None,
                       help="offered load in requests per second; explain() then shows the "
                       "runtime adapter's mixture of plans for it (default: closed loop)")
-    plan.add_argument("--objective", default="latency",
-                      choices=["latency", "throughput", "energy"],
-                      help="what to optimize once the QoE holds (default: latency)")
     plan.add_argument("--batch", type=int, default=8,
                       help="request batch size to plan for (default: 8)")
     plan.add_argument("--num-stages", type=int, default=None,
@@ -69,6 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_qoe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The QoE options ``plan`` and ``simulate`` share (``qoe_from_args`` reads them)."""
+    parser.add_argument("--latency-ms", type=float, default=None,
+                        help="latency SLO per request in milliseconds (default: none)")
+    parser.add_argument("--throughput-rps", type=float, default=None,
+                        help="throughput floor in requests per second (default: none)")
+    parser.add_argument("--energy-j", type=float, default=None,
+                        help="energy budget per request in joules (default: none)")
+    parser.add_argument("--objective", default="latency",
+                        choices=["latency", "throughput", "energy"],
+                        help="what to optimize once the QoE holds (default: latency)")
+
+
+def qoe_from_args(args: argparse.Namespace, batch: int, request_rate_rps: float | None) -> QoE:
+    from .qoe import QoE
+
+    return QoE(
+        latency_ms=args.latency_ms, throughput_rps=args.throughput_rps, energy_j=args.energy_j,
+        objective=args.objective, batch=batch, request_rate_rps=request_rate_rps,
+    )
+
+
 def run_plan(args: argparse.Namespace) -> int:
     import torch
 
@@ -79,10 +97,7 @@ def run_plan(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     print(f"building {args.model} ({args.size}) with random weights, batch {args.batch} ...", flush=True)
     model, inputs = build(args.model, args.size, batch=args.batch)
-    qoe = dora_fx.QoE(
-        latency_ms=args.latency_ms, throughput_rps=args.throughput_rps, energy_j=args.energy_j,
-        objective=args.objective, batch=args.batch, request_rate_rps=args.request_rate_rps,
-    )
+    qoe = qoe_from_args(args, args.batch, args.request_rate_rps)
     print(f"compiling for {args.scenario} ...", flush=True)
     compiled = dora_fx.compile(
         model, SCENARIOS[args.scenario](), qoe, example_inputs=inputs, num_stages=args.num_stages

@@ -1,7 +1,12 @@
 """``dora-fx simulate``: simulate a plan on a cluster and write its timeline.
 
     dora-fx simulate --scenario smart_home --model gpt2 --requests 200 --out sim_out/
+    dora-fx simulate --model gpt2 --latency-ms 400 --plan out/ --out sim_out/   # a saved plan
     dora-fx simulate --cluster my.json --problem blocks.json --plan plan.txt --rate 5 --out sim_out/
+
+The plan simulated is the one dora_fx's planner chooses for the QoE options (as ``dora-fx
+plan`` does), unless ``--plan`` names one (a plan file, or a folder ``dora-fx plan`` wrote) or
+``--stages N`` asks for the FLOP-balanced split over N devices (a baseline).
 
 Writes ``timeline.png`` (Gantt), ``trace.json`` (Chrome trace: open in https://ui.perfetto.dev)
 and ``metrics.json`` (simulated and analytic figures), and prints both.
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cli import add_qoe_arguments, qoe_from_args
 from ..cost_models.cluster import Cluster
 from ..errors import DoraError, PlanError
 from ..ir import Plan
@@ -61,15 +67,20 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch", type=int, default=8, help="request batch size for --model (default 8)"
     )
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--plan",
         type=Path,
-        help="plan file, text or JSON (Plan.to_text / Plan.dumps); default: the spine's "
-        "FLOP-balanced split over --stages devices",
+        help="plan file, text or JSON (Plan.to_text / Plan.dumps), or a folder written by "
+        "'dora-fx plan' / CompiledModel.save (default: the planner's plan for the QoE options)",
     )
-    parser.add_argument(
-        "--stages", type=int, help="stages of the default plan (default: every device)"
+    which.add_argument(
+        "--stages",
+        type=int,
+        help="simulate the FLOP-balanced split over this many devices instead of the planner's "
+        "plan (a baseline)",
     )
+    add_qoe_arguments(parser)
     parser.add_argument(
         "--requests", type=int, default=100, help="requests to simulate (default 100)"
     )
@@ -163,7 +174,9 @@ def _cluster(args: argparse.Namespace) -> Cluster:
 def _problem(args: argparse.Namespace, cluster: Cluster) -> Problem:
     if args.problem is not None:
         try:
-            return problem_from_json(json.loads(args.problem.read_text()), cluster)
+            data = json.loads(args.problem.read_text())
+            batch = int(data.get("batch", 1)) if isinstance(data, dict) else 1
+            return problem_from_json(data, cluster, qoe_from_args(args, batch, args.rate))
         except (OSError, json.JSONDecodeError) as exc:
             raise PlanError(f"cannot read problem file {args.problem}: {exc}") from None
     import sympy
@@ -179,19 +192,43 @@ def _problem(args: argparse.Namespace, cluster: Cluster) -> Problem:
     scale = None if captured.symbols else symbols.batch / sympy.Integer(captured.example_batch)
     annotate_costs(captured.gm, symbols, scale)
     blocks, input_bytes = coarsen(captured.gm, symbols).at(args.batch)
-    return Problem(tuple(blocks), cluster, QoE(batch=args.batch), args.batch, input_bytes)
+    qoe = qoe_from_args(args, args.batch, args.rate)
+    return Problem(tuple(blocks), cluster, qoe, args.batch, input_bytes)
 
 
 def _plan(args: argparse.Namespace, problem: Problem) -> Plan:
-    if args.plan is None:
+    if args.plan is not None:
+        return _read_plan(args.plan)
+    if args.stages is not None:
         from ..passes.partition import balanced_flops_plan
 
         return balanced_flops_plan(problem, args.stages)
+    from ..planner import solve
+
+    plan_set = solve(problem)
+    print(
+        f"planned for {problem.qoe} in {plan_set.solve_s:.2f} s: '{plan_set.plans[0].name}' of "
+        f"{len(plan_set.plans)} compliant plans",
+        flush=True,
+    )
+    return plan_set.plans[0]
+
+
+def _read_plan(path: Path) -> Plan:
+    """A plan file (text or JSON), a saved folder's manifest, or the folder itself."""
+    if path.is_dir():
+        path = path / "plan.txt"
     try:
-        text = args.plan.read_text()
+        text = path.read_text()
     except OSError as exc:
-        raise PlanError(f"cannot read plan file {args.plan}: {exc}") from None
-    return Plan.loads(text) if text.lstrip().startswith("{") else Plan.from_text(text)
+        raise PlanError(f"cannot read plan file {path}: {exc}") from None
+    if not text.lstrip().startswith("{"):
+        return Plan.from_text(text)
+    try:
+        data = json.loads(text)
+        return Plan.from_json(data["plan"] if "format" in data and "plan" in data else data)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise PlanError(f"{path} is not a plan (Plan.dumps) or a saved plan.json: {exc}") from None
 
 
 def run_simulate(args: argparse.Namespace) -> int:

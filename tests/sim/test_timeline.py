@@ -71,3 +71,37 @@ def test_simulate_command_reports_a_bad_plan(tmp_path, capsys):
     status = main(["--problem", str(tmp_path / "problem.json"), "--plan", str(tmp_path / "plan.txt"), "--out", str(tmp_path)])
     assert status == 2
     assert "uses device 'toaster', which is not in cluster 'smart_home'" in capsys.readouterr().err
+
+
+def test_simulate_command_simulates_the_planners_plan_by_default(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--model", "mlp", "--scenario", "edge_cluster", "--requests", "3", "--out", str(out)]
+    assert main([*argv, "--objective", "energy"]) == 0
+    assert "planned for QoE(objective=energy, batch=8)" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["plan"]["name"] == "dora-energy"
+    assert main([*argv, "--stages", "2"]) == 0
+    baseline = json.loads((out / "metrics.json").read_text())["plan"]
+    assert len(baseline["stages"]) == 2 and not baseline["name"].startswith("dora-")
+
+
+def test_simulate_command_reads_a_saved_folder(tmp_path):
+    import dora_fx
+    from dora_fx.models import build
+    from dora_fx.scenarios import edge_cluster
+
+    model, inputs = build("mlp", "full", batch=8)
+    compiled = dora_fx.compile(model, edge_cluster(4), dora_fx.QoE(batch=8), example_inputs=inputs)
+    folder = compiled.save(tmp_path / "saved")
+    for plan_arg in (folder, folder / "plan.json", folder / "plan.txt"):
+        out = tmp_path / "sim"
+        argv = ["--model", "mlp", "--scenario", "edge_cluster", "--requests", "3", "--plan", str(plan_arg)]
+        assert main([*argv, "--out", str(out)]) == 0
+        simulated = json.loads((out / "metrics.json").read_text())["plan"]
+        assert simulated["stages"] == compiled.plan.to_json()["stages"]
+
+
+def test_simulate_command_reports_a_file_that_is_no_plan(tmp_path, capsys):
+    (tmp_path / "x.json").write_text('{"format": 1}')
+    argv = ["--model", "mlp", "--plan", str(tmp_path / "x.json"), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "is not a plan (Plan.dumps) or a saved plan.json" in capsys.readouterr().err
