@@ -16,4 +16,9 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install --quiet "$TORCH_SPEC"
 fi
 python -m pip install --quiet -e ".[dev]"
-echo "dora_fx installed in .venv (torch $(python -c 'import torch; print(torch.__version__)'))"
+# The versions a failure depends on (a clean install takes the newest the ranges allow).
+python - <<'PY'
+from importlib.metadata import version
+names = ("torch", "numpy", "sympy", "cvxpy", "highspy", "transformers")
+print("dora_fx installed in .venv:", ", ".join(f"{n} {version(n)}" for n in names))
+PY
