@@ -1,4 +1,5 @@
-"""Runtime adapter benchmark (issue 7): python benchmarks/bench_adapter.py [--quick]
+"""Runtime adapter benchmark (issue 7):
+python benchmarks/bench_adapter.py [--decisions N] [--requests N] [--no-distributed]
 
 1. Simulator, three traces (``adapter.builtin_traces``): a 4x Wi-Fi bandwidth drop on
    smart_home (MobileNetV2, single images at 100 req/s), the edge server leaving
@@ -324,10 +325,13 @@ def distributed(requests: int, kill_item: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--decisions", type=int, default=200)
-    parser.add_argument("--requests", type=int, default=24)
-    parser.add_argument("--no-distributed", action="store_true")
+    parser = argparse.ArgumentParser(description="Runtime adapter benchmark (issue 7).")
+    parser.add_argument("--decisions", type=int, default=200,
+                        help="re-compositions timed in part 2 (default 200)")
+    parser.add_argument("--requests", type=int, default=24,
+                        help="requests streamed in part 3, a rank killed a quarter in (default 24)")
+    parser.add_argument("--no-distributed", action="store_true",
+                        help="skip part 3 (the distributed run with a killed rank)")
     args = parser.parse_args()
     replays = traces_table()
     timing = decision_time(args.decisions)
