@@ -3,8 +3,9 @@
 * ``traces``: scenario traces (bandwidth, device leave/join, load), text/JSON round trip;
 * ``plans``: the adapter's plan set (the planner's, plus single-device plans and copies on
   identical devices);
-* ``compose``: the composition program over the rates each plan serves (capacity, SLO,
-  objective) and its ``Composition.describe()``;
+* ``compose``: ``Composer``, the rates each plan serves (capacity, SLO, objective), and its
+  ``Composition.describe()``;
+* ``compose_program``: the composition program, for HiGHS and in cvxpy (``compose_cvxpy``);
 * ``monitor``: moving averages, heartbeats, drift;
 * ``core``: ``Adapter`` (decide, re-plan in the background, explain);
 * ``dispatcher``: ``MultiPlanDispatcher`` (weighted round robin, exactly once by request id,
@@ -12,7 +13,8 @@
 * ``replay``: the trace replay on the simulator (static vs re-plan vs adapter).
 """
 
-from .compose import Composer, Composition, PlanFigures, compose_cvxpy, plan_figures
+from .compose import Composer, Composition, PlanFigures, plan_figures
+from .compose_program import compose_cvxpy
 from .core import Adapter
 from .dispatcher import (
     DispatchResult,
