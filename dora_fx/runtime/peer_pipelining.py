@@ -43,15 +43,9 @@ from ..cost_models.cluster import Cluster
 from ..cost_models.device import Device
 from .compute_emulation import ComputeStretch, dilation, measured_reference_s
 from .cost_recorder import CostRecorder, OpCost, stage_time_s
-from .launch import (
-    DistributedResult,
-    die_with_parent,
-    free_port,
-    host_device,
-    run_worker,
-    spawn_ranks,
-)
+from .launch import DistributedResult, free_port, host_device
 from .network_emulation import LinkShaper, MediumLedger, resource_keys
+from .rank_processes import die_with_parent, run_worker, spawn_ranks
 
 __all__ = ["even_split_points", "run_pipelining", "PeerConfig", "PeerRank"]
 

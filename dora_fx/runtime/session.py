@@ -191,7 +191,7 @@ class Session:
     def close(self, timeout_s: float = 60.0) -> None:
         """Ask the ranks to finish and wait for them (stopped after ``timeout_s``); the
         session's folder is removed."""
-        from .launch import kill_all
+        from .rank_processes import kill_all
 
         (self.inbox / "end").touch()
         self._thread.join(timeout_s)
