@@ -6,7 +6,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,11 +19,13 @@ from .ir import Plan
 from .passes.insert_comm import tensor_spec
 from .pipeline import CompileState, run_passes
 from .qoe import QoE
-from .runtime.launch import DistributedResult
 from .runtime.local import LocalPipeline
 from .serialize import LoadedModel, load, save_folder
 from .sim import SimConfig, SimResult, simulate
 from .sim.scheduled import simulate_schedule
+
+if TYPE_CHECKING:
+    from .runtime.launch import DistributedResult
 
 __all__ = ["compile", "CompiledModel", "load", "LoadedModel"]
 
