@@ -198,7 +198,11 @@ def _problem(args: argparse.Namespace, cluster: Cluster) -> Problem:
 
 def _plan(args: argparse.Namespace, problem: Problem) -> Plan:
     if args.plan is not None:
-        return _read_plan(args.plan)
+        plan = _read_plan(args.plan)
+        if plan.batch != problem.batch:
+            print(f"note: plan '{plan.name}' was made for batch {plan.batch}; simulating "
+                  f"batch {problem.batch} (--batch)", flush=True)
+        return plan
     if args.stages is not None:
         from ..passes.partition import balanced_flops_plan
 

@@ -84,7 +84,7 @@ def test_simulate_command_simulates_the_planners_plan_by_default(tmp_path, capsy
     assert len(baseline["stages"]) == 2 and not baseline["name"].startswith("dora-")
 
 
-def test_simulate_command_reads_a_saved_folder(tmp_path):
+def test_simulate_command_reads_a_saved_folder(tmp_path, capsys):
     import dora_fx
     from dora_fx.models import build
     from dora_fx.scenarios import edge_cluster
@@ -98,6 +98,8 @@ def test_simulate_command_reads_a_saved_folder(tmp_path):
         assert main([*argv, "--out", str(out)]) == 0
         simulated = json.loads((out / "metrics.json").read_text())["plan"]
         assert simulated["stages"] == compiled.plan.to_json()["stages"]
+    assert main([*argv, "--batch", "4", "--out", str(out)]) == 0
+    assert "was made for batch 8; simulating batch 4" in capsys.readouterr().out
 
 
 def test_simulate_command_reports_a_file_that_is_no_plan(tmp_path, capsys):
