@@ -80,6 +80,7 @@ class PlanSet:
             "bounds": dict(self.bounds),
             "method": self.method,
             "solve_s": self.solve_s,
+            "notes": list(self.notes),
             "plans": [p.to_json() for p in self.plans],
             "schedule": self.schedule,
             "scheduled": None if self.scheduled is None else self.scheduled.to_json(),

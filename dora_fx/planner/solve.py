@@ -69,8 +69,9 @@ def solve(
         raise _infeasible(problem, space, tables, d, memory=True)
     candidates, bounds, method = _dp_candidates(d, tables, qoe)
     compliant = _compliant(problem, space, d, tables, candidates, qoe)
+    notes: list[str] = []
     if _wants_milp(exact, tables, compliant, bounds, qoe):
-        more, milp_bounds, proved_infeasible = _milp_candidates(tables, qoe, time_limit_s)
+        more, milp_bounds, proved_infeasible, notes = _milp_candidates(tables, qoe, time_limit_s)
         if proved_infeasible:
             raise _infeasible(problem, space, tables, d)
         candidates += more
@@ -99,6 +100,7 @@ def solve(
         bounds=bounds,
         method=method,
         solve_s=time.perf_counter() - start,
+        notes=tuple(notes),
     )
 
 
@@ -178,23 +180,33 @@ def _decode(tables: Tables, form_index: np.ndarray, x: np.ndarray, n_z: int) -> 
 
 def _milp_candidates(
     tables: Tables, qoe: QoE, time_limit_s: float
-) -> tuple[list[Stages], dict[str, float], bool]:
+) -> tuple[list[Stages], dict[str, float], bool, list[str]]:
     """One MILP per objective, then epsilon-constraint points between the objective's optimum
-    and the best of each other dimension."""
+    and the best of each other dimension. Notes say where a MILP stopped at its time limit."""
     candidates: list[Stages] = []
     bounds: dict[str, float] = {}
     best: dict[str, float] = {}
+    notes: list[str] = []
     objective = qoe.objective
     order = [objective] + [o for o in OBJECTIVES if o != objective]
     for o in order:
         form = build_formulation(tables, qoe, o)
         result = solve_highs(form, time_limit_s=time_limit_s)
         if result.status == "infeasible":
-            return [], {}, True
+            return [], {}, True, []
         if result.x is None:
             lp = solve_highs(form, integral=False, time_limit_s=time_limit_s)
             bounds[o] = lp.bound
+            notes.append(
+                f"the {o} MILP found no integral plan in its {time_limit_s:g} s time limit; "
+                f"its bound is the LP relaxation's"
+            )
             continue
+        if result.status == "feasible":
+            notes.append(
+                f"the {o} MILP stopped at its {time_limit_s:g} s time limit "
+                f"{100 * _gap(result.objective, result.bound):.2f}% from its bound"
+            )
         bounds[o] = result.bound
         best[o] = result.objective
         candidates.append(_decode(tables, form.option_index, result.x, form.n_z))
@@ -212,7 +224,7 @@ def _milp_candidates(
                 result = solve_highs(form, time_limit_s=time_limit_s / 4)
                 if result.x is not None:
                     candidates.append(_decode(tables, form.option_index, result.x, form.n_z))
-    return candidates, bounds, False
+    return candidates, bounds, False, notes
 
 
 def _path_value(tables: Tables, stages: Stages, qoe: QoE, objective: str) -> float:

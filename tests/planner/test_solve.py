@@ -142,3 +142,11 @@ def test_data_parallel_groups_appear_when_the_batch_allows() -> None:
     assert max(g.size for g in space.groups) == 4
     one = Problem(tuple(blocks), scenarios.edge_cluster(4), dora_fx.QoE(), 1, 1e6)
     assert max(g.size for g in plan_space(one).groups) == 1
+
+
+def test_a_milp_cut_short_by_its_time_limit_is_noted():
+    problem = random_problem(1, 64, 8, batch=1, qoe=QoE(objective="energy"))
+    plan_set = solve(problem, exact=True, time_limit_s=0.01)
+    assert plan_set.plans and plan_set.method == "dp+milp"
+    assert any("MILP found no integral plan in its 0.01 s time limit" in n for n in plan_set.notes)
+    assert "note: the energy MILP" in plan_set.describe()
