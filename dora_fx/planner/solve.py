@@ -59,6 +59,8 @@ def solve(
     """A compact Pareto set of QoE-compliant plans for ``problem`` (see the module docstring).
 
     ``exact``: force (True) or forbid (False) the MILP; None chooses by model size.
+    ``time_limit_s``: HiGHS's limit for each MILP (one per objective, a quarter of it for each
+    trade-off point), not for the whole solve; a MILP it cuts short is said in ``notes``.
     """
     start = time.perf_counter()
     qoe = problem.qoe
