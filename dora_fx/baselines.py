@@ -34,7 +34,7 @@ from .cost_models.network import Network
 from .errors import PlanError
 from .ir import Plan, Stage
 from .planner.dp import Dense, dense, run_dp
-from .planner.space import PlanSpace, group_shares, make_plan, plan_space
+from .planner.space import PlanSpace, make_plan, plan_space
 from .planner.tables import Tables, build_tables
 from .problem import Problem
 from .sim.work import _route
@@ -102,15 +102,15 @@ def _naive_dense(problem: Problem, max_group_size: int) -> tuple[PlanSpace, Tabl
         receivers = space.devices_of(space.groups[gj], space.groups[gi].counts)
         flows = _route(
             senders,
-            group_shares(senders, space.speed),
+            space.shares(senders),
             receivers,
-            group_shares(receivers, space.speed),
+            space.shares(receivers),
             1.0,
         )
         d.move_s[gi, gj] = _naive_step_s(network, flows, tables.cut_bytes)
     for gi, group in enumerate(space.groups):
         devices = space.devices_of(group)
-        flows = _route((devices[0],), (1.0,), devices, group_shares(devices, space.speed), 1.0)
+        flows = _route((devices[0],), (1.0,), devices, space.shares(devices), 1.0)
         d.scatter_s[gi] = _naive_step_s(network, flows, np.array([tables.input_bytes]))[0]
     return space, tables, d
 

@@ -379,3 +379,15 @@ def test_the_microbatch_count_serves_the_objective():
         best = min(figures.values())
         tied = [m for m in sorted(figures) if figures[m] <= best + 1e-9 * abs(best)]
         assert choice.schedule.microbatches == tied[0]
+
+
+def test_microbatch_counts_keep_the_planned_rows_of_a_data_parallel_group():
+    from dora_fx.ir import Plan, Stage
+    from dora_fx.passes.schedule_comm import _splits_evenly
+
+    group = Plan("g", (Stage(0, 0, 4, ("a", "b", "c"), (0.125, 0.125, 0.75)),), batch=8)
+    assert _splits_evenly(group, 8, 1) and not _splits_evenly(group, 8, 2)
+    halves = Plan("h", (Stage(0, 0, 4, ("a", "b"), (0.25, 0.75)),), batch=8)
+    assert _splits_evenly(halves, 8, 2) and not _splits_evenly(halves, 8, 4)
+    chain = Plan("c", (Stage(0, 0, 2, ("a",)), Stage(1, 2, 4, ("b",))), batch=6)
+    assert _splits_evenly(chain, 6, 4)  # single devices: any count, uneven microbatches too

@@ -155,7 +155,11 @@ def choose_schedule(
     meet the QoE's bounds first, ties to fewer microbatches; or exactly ``microbatches``."""
     from ..planner.plan_set import objective_value
 
-    counts = [microbatches] if microbatches is not None else [m for m in choices if m <= batch]
+    counts = (
+        [microbatches]
+        if microbatches is not None
+        else [m for m in choices if m <= batch and _splits_evenly(plan, batch, m)]
+    )
     counts = counts or [1]
     best: tuple[tuple[bool, float], ScheduleChoice] | None = None
     tried: dict[int, float] = {}
@@ -172,6 +176,18 @@ def choose_schedule(
             best = (key, ScheduleChoice(schedule, idle, tried, metrics))
     assert best is not None
     return best[1]
+
+
+def _splits_evenly(plan: Plan, batch: int, m: int) -> bool:
+    """Whether ``m`` microbatches keep every data-parallel group's shares: each device's rows
+    of the batch divide into ``m`` equal parts (else the runtime's split of a microbatch,
+    at least a row per device, is not the planned one)."""
+    for stage in plan.stages:
+        if len(stage.devices) > 1 and m > 1:
+            rows = [share * batch for share in stage.shares]
+            if batch % m or any(abs(r - round(r)) > 1e-6 or round(r) % m for r in rows):
+                return False
+    return True
 
 
 def _meets(metrics: Metrics, problem: Problem) -> bool:

@@ -8,9 +8,12 @@ device, or a data-parallel group of devices that split every request's batch. Th
   idle, which is how a plan saves energy;
 * a group has at most ``max_group_size`` devices, never more than the batch (a sample is not
   split across devices);
-* the batch shares of a group are fixed by the *share rule*: proportional to each device's
-  speed on the whole model, ``s_d = v_d / sum_e v_e`` with ``v_d = 1 / T_d(all blocks)``
-  (``T_d`` the device's roofline time), so shares do not depend on where the stage's cuts fall;
+* the batch shares of a group are fixed by the *share rule*: whole rows of the problem's
+  batch, at least one per device (the runtimes split a batch that way), dealt one at a time
+  to the device that would finish its rows first at its speed on the whole model,
+  ``v_d = 1 / T_d(all blocks)`` (``T_d`` the device's roofline time); so shares are as close
+  to proportional to speed as whole rows allow and do not depend on where the stage's cuts
+  fall;
 * inside a group, devices are listed by class (classes in order of first appearance in the
   cluster), then in cluster order; the first one receives the request and scatters the other
   shares (``sim.work`` routes the input from there). A fixed order keeps the bytes each
@@ -85,6 +88,11 @@ class PlanSpace:
     groups: tuple[GroupType, ...]
     max_group_size: int
     speed: dict[str, float]
+    batch: int
+
+    def shares(self, devices: Sequence[str]) -> tuple[float, ...]:
+        """The share rule for a group of ``devices`` (see the module docstring)."""
+        return group_shares(devices, self.speed, self.batch)
 
     @property
     def capacity(self) -> tuple[int, ...]:
@@ -117,10 +125,26 @@ def device_speed(device: Device, problem: Problem) -> float:
     return 1.0 / seconds if seconds > 0 else 1.0
 
 
-def group_shares(devices: Sequence[str], speed: dict[str, float]) -> tuple[float, ...]:
-    """The share rule: batch shares proportional to speed, summing to exactly 1."""
-    total = sum(speed[d] for d in devices)
-    shares = [speed[d] / total for d in devices]
+def group_shares(
+    devices: Sequence[str], speed: dict[str, float], batch: int | None = None
+) -> tuple[float, ...]:
+    """The share rule: batch shares summing to exactly 1, proportional to speed; with
+    ``batch``, whole rows of it (at least one each), each row going to the device that would
+    finish its rows first, which minimizes the slowest device's time."""
+    if batch is None:
+        total = sum(speed[d] for d in devices)
+        shares = [speed[d] / total for d in devices]
+    else:
+        if batch < len(devices):
+            raise PlanError(
+                f"a batch of {batch} cannot be split over the {len(devices)} devices "
+                f"{', '.join(devices)}: a data-parallel group needs a row per device"
+            )
+        rows = [1] * len(devices)
+        for _ in range(batch - len(devices)):
+            i = min(range(len(devices)), key=lambda k: (rows[k] + 1) / speed[devices[k]])
+            rows[i] += 1
+        shares = [r / batch for r in rows]
     shares[-1] = 1.0 - sum(shares[:-1])
     return tuple(shares)
 
@@ -161,7 +185,7 @@ def plan_space(problem: Problem, max_group_size: int | None = None) -> PlanSpace
         ]
     groups.sort(key=lambda g: (g.size, tuple(-n for n in g.counts)))
     speed = {d.name: device_speed(d, problem) for d in problem.cluster.devices}
-    return PlanSpace(classes, tuple(groups), limit, speed)
+    return PlanSpace(classes, tuple(groups), limit, speed, problem.batch)
 
 
 def make_plan(
@@ -180,7 +204,7 @@ def make_plan(
             )
         used = [u + n for u, n in zip(used, group.counts)]
         ordered = space.canonical(devices)
-        shares = group_shares(ordered, space.speed)
+        shares = space.shares(ordered)
         built.append(Stage(index, start, stop, ordered, shares))
     return Plan(name, tuple(built), batch=problem.batch)
 
@@ -213,7 +237,7 @@ def enumerate_plans(problem: Problem, space: PlanSpace | None = None) -> Iterato
             for cuts in itertools.combinations(range(1, n_blocks), n_stages - 1):
                 bounds = (0, *cuts, n_blocks)
                 stages = tuple(
-                    Stage(k, bounds[k], bounds[k + 1], g, group_shares(g, space.speed))
+                    Stage(k, bounds[k], bounds[k + 1], g, space.shares(g))
                     for k, g in enumerate(groups)
                 )
                 yield Plan("exhaustive", stages, batch=problem.batch)

@@ -30,7 +30,7 @@ from ..cost_models.device import Device
 from ..cost_models.network import Network
 from ..problem import Problem
 from ..sim.work import _route  # the one routing rule: slices of the batch, overlap bytes
-from .space import GroupType, PlanSpace, group_shares
+from .space import GroupType, PlanSpace
 
 __all__ = ["FlowTerms", "OptionTable", "Tables", "build_tables"]
 
@@ -190,7 +190,7 @@ def _options(problem: Problem, space: PlanSpace) -> tuple[OptionTable, bool]:
     energy_full = np.zeros((len(space.groups), n + 1, n + 1))
     for gi, group in enumerate(space.groups):
         devices = space.devices_of(group)
-        shares = group_shares(devices, space.speed)
+        shares = space.shares(devices)
         compute = np.zeros((n + 1, n + 1))
         energy = np.zeros((n + 1, n + 1))
         class_busy = np.zeros((len(space.classes), n + 1, n + 1))
@@ -239,19 +239,19 @@ def build_tables(problem: Problem, space: PlanSpace) -> Tables:
     moves: dict[tuple[int, int], FlowTerms] = {}
     for gi, group in enumerate(space.groups):
         senders = space.devices_of(group)
-        send_shares = group_shares(senders, space.speed)
+        send_shares = space.shares(senders)
         for gj, other in enumerate(space.groups):
             if not group.fits_with(other, space.capacity):
                 continue
             receivers = space.devices_of(other, group.counts)
             transfers = _route(
-                senders, send_shares, receivers, group_shares(receivers, space.speed), 1.0
+                senders, send_shares, receivers, space.shares(receivers), 1.0
             )
             moves[gi, gj] = _flow_terms(network, transfers, media, senders[0])
     scatter = []
     for group in space.groups:
         devices = space.devices_of(group)
-        transfers = _route((devices[0],), (1.0,), devices, group_shares(devices, space.speed), 1.0)
+        transfers = _route((devices[0],), (1.0,), devices, space.shares(devices), 1.0)
         scatter.append(_flow_terms(network, transfers, media, devices[0]))
     out = np.array([b.out_bytes for b in problem.blocks])
     idle = np.array([problem.cluster.device(c.members[0]).idle_power_w for c in space.classes])

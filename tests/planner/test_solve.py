@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -150,3 +151,24 @@ def test_a_milp_cut_short_by_its_time_limit_is_noted():
     assert plan_set.plans and plan_set.method == "dp+milp"
     assert any("MILP found no integral plan in its 0.01 s time limit" in n for n in plan_set.notes)
     assert "note: the energy MILP" in plan_set.describe()
+
+
+def test_group_shares_are_whole_rows_the_runtime_splits_as_planned():
+    from dora_fx.planner.space import group_shares
+    from dora_fx.runtime import data_parallel, distributed_wiring
+
+    speed = {"phone": 0.104, "laptop": 0.185, "rpi4": 0.0167, "jetson": 0.694}  # smart_home, GPT-2
+    devices = tuple(speed)
+    shares = group_shares(devices, speed, batch=8)
+    rows = [round(8 * s) for s in shares]
+    assert sum(shares) == 1.0 and all(abs(8 * s - r) < 1e-9 for s, r in zip(shares, rows))
+    assert rows == [1, 1, 1, 5]  # a row each, then each row to whoever finishes it first
+    # no other integral split (a row each) finishes sooner
+    finish = max(r / speed[d] for r, d in zip(rows, devices))
+    for other in itertools.product(range(1, 6), repeat=4):
+        if sum(other) == 8:
+            assert max(r / speed[d] for r, d in zip(other, devices)) >= finish - 1e-12
+    assert distributed_wiring.split_sizes(8, shares) == rows
+    assert data_parallel.split_sizes(8, shares) == rows
+    with pytest.raises(dora_fx.errors.PlanError, match="needs a row per device"):
+        group_shares(devices, speed, batch=3)
