@@ -43,6 +43,7 @@ import highspy
 import numpy as np
 
 from ..errors import PlanError
+from ..planner.milp_backends import quiet_highs
 
 if TYPE_CHECKING:
     from .compose import Composer, PlanFigures
@@ -76,8 +77,7 @@ class _Program:
     def solve(self, offered: float, allowed: np.ndarray) -> np.ndarray:
         n, n_dev = len(self.cost), len(self.devices)
         inf = highspy.kHighsInf
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = quiet_highs()
         ncol = n + n_dev + 1  # x, y, s
         limit = np.where(np.isfinite(self.rate_limit), self.rate_limit, inf)
         upper = np.concatenate([np.where(allowed, limit, 0.0), np.ones(n_dev), [inf]])

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import PlanError
 from .formulation import Formulation
 
-__all__ = ["MilpResult", "solve_highs", "to_cvxpy"]
+__all__ = ["MilpResult", "quiet_highs", "solve_highs", "to_cvxpy"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,16 @@ class MilpResult:
     seconds: float
 
 
+def quiet_highs() -> highspy.Highs:
+    """A HiGHS instance that prints nothing. ``highspy.Highs()`` (1.16) prints HiGHS's banner to
+    stdout while it is built, before ``output_flag`` can be turned off; its base class
+    (``highspy.highs._Highs``, the bare binding) does not, and has every method used here."""
+    cls = getattr(highspy.highs, "_Highs", highspy.Highs)
+    h = cls()
+    h.setOptionValue("output_flag", False)
+    return h
+
+
 def solve_highs(
     form: Formulation,
     *,
@@ -38,8 +48,7 @@ def solve_highs(
     """Solve ``form`` (or its LP relaxation) with HiGHS. ``bound`` is HiGHS's dual bound: the
     LP optimum, or the branch-and-bound bound when the MIP stops early."""
     start = time.perf_counter()
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = quiet_highs()
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", float(mip_rel_gap))
     # No "threads" option: HiGHS keeps one task scheduler per process, and a run whose thread

@@ -43,3 +43,39 @@ def test_solve_follows_a_default_threads_highs_run_in_the_same_process() -> None
     problem = random_problem(3, 5, 3)
     form = build_formulation(build_tables(problem, plan_space(problem)), problem.qoe, "latency")
     assert solve_highs(form).status == "optimal"
+
+
+def test_highs_solves_print_nothing() -> None:
+    """highspy 1.16 prints HiGHS's banner (once per process) when a ``highspy.Highs`` is built;
+    the planner's MILP and the adapter's composition LP must not put it in the user's output."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import random
+        from dora_fx import QoE, scenarios
+        from dora_fx.adapter import Composer
+        from dora_fx.ir import Plan, Stage
+        from dora_fx.planner import plan_space
+        from dora_fx.planner.formulation import build_formulation
+        from dora_fx.planner.milp_backends import solve_highs
+        from dora_fx.planner.synthetic import random_blocks, random_problem
+        from dora_fx.planner.tables import build_tables
+        from dora_fx.problem import Problem
+
+        problem = random_problem(3, 5, 3)
+        form = build_formulation(build_tables(problem, plan_space(problem)), problem.qoe, "latency")
+        assert solve_highs(form).status == "optimal"
+        blocks = random_blocks(random.Random(0), 12, batch=4)
+        qoe = QoE(latency_ms=1000.0, objective="energy", request_rate_rps=1.0)
+        problem = Problem(tuple(blocks), scenarios.edge_cluster(4), qoe, 4, 1e5)
+        plans = [Plan("solo", (Stage(0, 0, 12, ("jetson0",)),), batch=4)]
+        composer = Composer.for_problem(plans, problem)
+        composer.compose(composer.figures(problem), 3.0)
+        print("done")
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "done", out.stdout
