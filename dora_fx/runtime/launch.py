@@ -114,12 +114,17 @@ def free_port() -> int:
 
 
 def check_requests(
-    checks: tuple[list[Any], list[Any]], flat_requests: Iterable[tuple[int, list[Any]]]
+    checks: tuple[list[Any], list[Any]],
+    flat_requests: Iterable[tuple[int, list[Any]]],
+    microbatches: int = 1,
+    hint: str = "",
 ) -> None:
     """Refuse, before any rank starts, a request whose inputs are not what the plan was
-    compiled for (on a rank it would fail mid-run, in a reshape far from the cause).
-    ``checks``: ``serialize.input_checks`` of the plan's manifest."""
+    compiled for (on a rank it would fail mid-run, in a reshape far from the cause), or that
+    has fewer rows than the schedule's ``microbatches``. ``checks``:
+    ``serialize.input_checks`` of the plan's manifest; ``hint`` ends the rows message."""
     from ..errors import InputError
+    from .distributed_wiring import batch_rows
     from .local import check_input_tensors
 
     meta, shapes = checks
@@ -128,6 +133,13 @@ def check_requests(
             check_input_tensors(flat, meta, shapes)
         except InputError as exc:
             raise InputError(f"request {request_id}: {exc}") from None
+        rows = batch_rows(flat)
+        if microbatches > 1 and 0 < rows < microbatches:
+            raise InputError(
+                f"request {request_id} has {rows} rows, fewer than the schedule's "
+                f"{microbatches} microbatches; send at least {microbatches} rows per request"
+                f"{hint}"
+            )
 
 
 def _check_port(port: int) -> None:
@@ -188,30 +200,24 @@ def run_local(
     predicted speed and shape transfers to the plan's network, paced by the schedule's
     contention policy (needs ``host``, the calibrated host).
     """
-    from ..errors import InputError
     from ..serialize import _load_spec, _read_manifest, input_checks
     from .distributed_schedule import rank_schedule
-    from .distributed_wiring import batch_rows
     from .local import flatten_inputs
 
     plan_dir = Path(plan_dir)
     manifest = _read_manifest(plan_dir)
     in_spec, out_spec = _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"])
     flat_requests = [flatten_inputs(*_args_kwargs(r), in_spec) for r in requests]
-    check_requests(input_checks(manifest), enumerate(flat_requests))
     compiled = rank_schedule(manifest).microbatches
     m = microbatches or compiled
     notes = [] if m == compiled else [
         f"note: ran the plan's schedule relowered for {m} microbatch(es); it was compiled for "
         f"{compiled}"
     ]  # fmt: skip
-    short = [i for i, flat in enumerate(flat_requests) if 0 < batch_rows(flat) < m]
-    if m > 1 and short:
-        raise InputError(
-            f"request {short[0]} has {batch_rows(flat_requests[short[0]])} rows, fewer than the "
-            f"schedule's {m} microbatches; send at least {m} rows per request, or pass "
-            "microbatches= a smaller count"
-        )
+    check_requests(
+        input_checks(manifest), enumerate(flat_requests), m,
+        ", or pass microbatches= a smaller count",
+    )  # fmt: skip
     if port:
         _check_port(port)
     with tempfile.TemporaryDirectory(prefix="dora_run_") as run_dir:

@@ -132,20 +132,11 @@ class Session:
         request the plan cannot take (inputs not of the compiled sizes, or fewer rows than the
         schedule's microbatches) is refused here, before anything is queued: on the ranks it
         would end the session."""
-        from ..errors import InputError
-        from .distributed_wiring import batch_rows
         from .launch import _args_kwargs, check_requests
         from .local import flatten_inputs
 
         flats = [(rid, flatten_inputs(*_args_kwargs(r), self._in_spec)) for rid, r in items]
-        check_requests(self._input_checks, flats)
-        m = self._microbatches
-        for rid, flat in flats:
-            if m > 1 and 0 < batch_rows(flat) < m:
-                raise InputError(
-                    f"request {rid} has {batch_rows(flat)} rows, fewer than the schedule's {m} "
-                    f"microbatches; send at least {m} rows per request"
-                )
+        check_requests(self._input_checks, flats, self._microbatches)
         with self._submit_lock:  # sequence numbers in order, whoever submits
             for rid, flat in flats:
                 _atomic_save((rid, flat), self.inbox / f"{self._submitted:08d}.pt")
