@@ -44,8 +44,9 @@ _MEMORY_OPS = {
 # FLOPs per output element. Transcendental functions count their cost in FLOP-equivalents
 # against erf-GELU's 8 (what calibration fits the compute roof of other ops with), measured on
 # a 12.6 MB tensor with 2 AVX2 threads (vectorized SLEEF kernels): tanh 2.2 ns per element
-# = 21, erf 11, log 10, sin and cos 11, exp 8, sigmoid 7, against add at 0.56 (memory-bound).
-# GPT-2's tanh-GELU spends 3x an add's time in tanh; counted as 1 FLOP it was priced as a copy.
+# = 21, erf 11, log 10, sin and cos 11, exp 8, sigmoid 7, against add at 0.56 (memory-bound);
+# the table rounds them to 20, 10 and 8 (sigmoid keeps its older 4). GPT-2's tanh-GELU spends
+# 3x an add's time in tanh; counted as 1 FLOP it was priced as a copy.
 _ELEMENTWISE_FLOPS = {
     "add": 1, "add_": 1, "sub": 1, "rsub": 1, "mul": 1, "mul_": 1, "div": 1, "neg": 1, "abs": 1,
     "relu": 1, "relu_": 1, "hardtanh": 2, "hardtanh_": 2, "relu6": 2, "clamp": 2, "maximum": 1,

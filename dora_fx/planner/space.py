@@ -125,26 +125,20 @@ def device_speed(device: Device, problem: Problem) -> float:
     return 1.0 / seconds if seconds > 0 else 1.0
 
 
-def group_shares(
-    devices: Sequence[str], speed: dict[str, float], batch: int | None = None
-) -> tuple[float, ...]:
-    """The share rule: batch shares summing to exactly 1, proportional to speed; with
-    ``batch``, whole rows of it (at least one each), each row going to the device that would
-    finish its rows first, which minimizes the slowest device's time."""
-    if batch is None:
-        total = sum(speed[d] for d in devices)
-        shares = [speed[d] / total for d in devices]
-    else:
-        if batch < len(devices):
-            raise PlanError(
-                f"a batch of {batch} cannot be split over the {len(devices)} devices "
-                f"{', '.join(devices)}: a data-parallel group needs a row per device"
-            )
-        rows = [1] * len(devices)
-        for _ in range(batch - len(devices)):
-            i = min(range(len(devices)), key=lambda k: (rows[k] + 1) / speed[devices[k]])
-            rows[i] += 1
-        shares = [r / batch for r in rows]
+def group_shares(devices: Sequence[str], speed: dict[str, float], batch: int) -> tuple[float, ...]:
+    """The share rule: whole rows of ``batch`` (at least one each), each further row going to
+    the device that would finish its rows first, which minimizes the slowest device's time;
+    as shares summing to exactly 1."""
+    if batch < len(devices):
+        raise PlanError(
+            f"a batch of {batch} cannot be split over the {len(devices)} devices "
+            f"{', '.join(devices)}: a data-parallel group needs a row per device"
+        )
+    rows = [1] * len(devices)
+    for _ in range(batch - len(devices)):
+        i = min(range(len(devices)), key=lambda k: (rows[k] + 1) / speed[devices[k]])
+        rows[i] += 1
+    shares = [r / batch for r in rows]
     shares[-1] = 1.0 - sum(shares[:-1])
     return tuple(shares)
 
