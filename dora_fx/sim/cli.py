@@ -221,7 +221,9 @@ def _plan(args: argparse.Namespace, problem: Problem) -> Plan:
 def _read_plan(path: Path) -> Plan:
     """A plan file (text or JSON), a saved folder's manifest, or the folder itself."""
     if path.is_dir():
-        path = path / "plan.txt"
+        from ..serialize import _read_manifest
+
+        return Plan.from_json(_read_manifest(path)["plan"])
     try:
         text = path.read_text()
     except OSError as exc:
