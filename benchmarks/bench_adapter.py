@@ -61,7 +61,7 @@ from bench_partitioner import model_blocks  # noqa: E402
 
 import dora_fx  # noqa: E402
 from dora_fx import QoE, models, scenarios  # noqa: E402
-from dora_fx.adapter import (  # noqa: E402
+from dora_fx.adapter import (
     Composer,
     MultiPlanDispatcher,
     SessionExecutor,
@@ -74,9 +74,9 @@ from dora_fx.adapter import (  # noqa: E402
     replay,
 )
 from dora_fx.adapter.traces import Conditions, Trace  # noqa: E402
+from dora_fx.analysis.problem import Problem  # noqa: E402
 from dora_fx.planner import solve  # noqa: E402
 from dora_fx.planner.synthetic import random_problem  # noqa: E402
-from dora_fx.problem import Problem  # noqa: E402
 
 SETUPS = {  # trace -> (model, cluster, latency SLO ms, batch)
     "bandwidth_drop": ("mobilenetv2", scenarios.smart_home, 20.0, 1),

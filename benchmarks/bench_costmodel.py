@@ -37,19 +37,14 @@ from typing import Any
 import torch
 
 from dora_fx import models
-from dora_fx.cost_models.calibrate import (
-    Measurement,
-    annotated_graph,
-    fit_device,
-    measure_host,
-    predict_graph_s,
-)
+from dora_fx.analysis.evaluate import evaluate
+from dora_fx.analysis.problem import Problem
+from dora_fx.compiler.passes.coarsen import coarsen
+from dora_fx.compiler.predict import annotated_graph, predict_graph_s
+from dora_fx.cost_models.calibrate import Measurement, fit_device, measure_host
 from dora_fx.cost_models.cluster import Cluster
 from dora_fx.cost_models.device import Device
-from dora_fx.evaluate import evaluate
-from dora_fx.ir import Plan, Stage
-from dora_fx.passes.coarsen import coarsen
-from dora_fx.problem import Problem
+from dora_fx.ir.plan import Plan, Stage
 from dora_fx.scenarios import edge_cluster
 from dora_fx.sim import SimConfig, simulate
 

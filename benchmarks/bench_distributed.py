@@ -33,7 +33,7 @@ from torch import nn
 import dora_fx
 from dora_fx.cost_models.calibrate import calibrate
 from dora_fx.cost_models.network import Link, Medium, Network
-from dora_fx.runtime.launch import run_local
+from dora_fx.runtime.distributed.launch import run_local
 
 warnings.filterwarnings("ignore")
 MB = 1e6
@@ -219,7 +219,7 @@ def peer_check(
     """Each (model, size) on emulated smart_home: torch.distributed.pipelining over the four
     devices in the scenario's order (evenly spaced SplitPoints, ScheduleGPipe) vs Dora's plan
     for QoE(objective="throughput"); same requests, batch, closed loop and emulation."""
-    from dora_fx.runtime.peer_pipelining import even_split_points, run_pipelining
+    from dora_fx.peers.pipelining import even_split_points, run_pipelining
 
     rows = []
     for name, size in cases:

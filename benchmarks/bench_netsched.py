@@ -26,20 +26,26 @@ from typing import Any
 import torch
 
 from dora_fx import scenarios
+from dora_fx.analysis.problem import Problem
+from dora_fx.compiler.passes.insert_comm import insert_comm
+from dora_fx.compiler.passes.schedule_comm import (
+    choose_schedule,
+    naive_schedule,
+    plan_steps,
+    reorder_stage,
+)
+from dora_fx.compiler.passes.verify import verify_schedule
+from dora_fx.compiler.pipeline import PASSES, run_passes
+from dora_fx.compiler.state import CompileState
 from dora_fx.cost_models.cluster import Cluster
+from dora_fx.ir.schedule import Schedule
 from dora_fx.models import build
-from dora_fx.passes.insert_comm import insert_comm
-from dora_fx.passes.partition import balanced_flops_plan
-from dora_fx.passes.schedule_comm import choose_schedule, naive_schedule, plan_steps, reorder_stage
-from dora_fx.passes.verify import verify_schedule
-from dora_fx.pipeline import PASSES, CompileState, run_passes
 from dora_fx.planner import solve
-from dora_fx.problem import Problem
+from dora_fx.planner.balanced import balanced_flops_plan
 from dora_fx.qoe import QoE
-from dora_fx.schedule import Schedule
+from dora_fx.sim.config import SimConfig
 from dora_fx.sim.result import SimResult
 from dora_fx.sim.scheduled import simulate_schedule
-from dora_fx.sim.simulator import SimConfig
 
 MODELS = ("gpt2", "vit", "mobilenetv2")
 BATCH = 8

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 
 import dora_fx
-from dora_fx import baselines, scenarios
+from dora_fx import scenarios
+from dora_fx.analysis.evaluate import evaluate
+from dora_fx.analysis.problem import Block, Problem
 from dora_fx.errors import InfeasibleQoEError
-from dora_fx.evaluate import evaluate
-from dora_fx.planner import enumerate_plans, solve
+from dora_fx.planner import baselines, enumerate_plans, solve
 from dora_fx.planner.plan_set import objective_value
 from dora_fx.planner.synthetic import random_problem
-from dora_fx.problem import Block, Problem
 from dora_fx.qoe import QoE
-from dora_fx.sim.simulator import SimConfig, simulate
+from dora_fx.sim.config import SimConfig
+from dora_fx.sim.simulator import simulate
 
 CACHE = Path(tempfile.gettempdir()) / "dora_fx_bench_cache"
 MODELS = ("gpt2", "bert", "vit", "mobilenetv2", "resnet")
@@ -112,8 +113,8 @@ def _graph_code_hash() -> str:
 
     root = Path(dora_fx.__file__).parent
     digest = hashlib.sha256()
-    for part in ("capture.py", "models.py", "passes/annotate_costs.py", "passes/op_costs.py",
-                 "passes/coarsen.py"):
+    for part in ("compiler/capture.py", "models.py", "compiler/passes/annotate_costs.py",
+                 "cost_models/op_costs.py", "compiler/passes/coarsen.py"):
         digest.update((root / part).read_bytes())
     return digest.hexdigest()[:12]
 
@@ -121,8 +122,9 @@ def _graph_code_hash() -> str:
 def model_blocks(name: str, batch: int) -> tuple[list[Block], float]:
     path = CACHE / _graph_code_hash() / f"{name}_b{batch}.json"
     if not path.exists():
+        from dora_fx.compiler.pipeline import PASSES, run_passes
+        from dora_fx.compiler.state import CompileState
         from dora_fx.models import build
-        from dora_fx.pipeline import PASSES, CompileState, run_passes
 
         path.parent.mkdir(parents=True, exist_ok=True)
         model, inputs = build(name, size="full", batch=2)

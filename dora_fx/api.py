@@ -11,21 +11,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .adapter import Adapter
+from .artifact.folder import save_folder
+from .compiler.passes.insert_comm import tensor_spec
+from .compiler.pipeline import run_passes
+from .compiler.state import CompileState
 from .cost_models.cluster import Cluster, as_cluster
 from .cost_models.device import Device
 from .errors import PlanError, QoEError
 from .explain import adapter_for, explain_state
-from .ir import Plan
-from .passes.insert_comm import tensor_spec
-from .pipeline import CompileState, run_passes
+from .ir.plan import Plan
 from .qoe import QoE
+from .runtime.loaded import LoadedModel, load
 from .runtime.local import LocalPipeline
-from .serialize import LoadedModel, load, save_folder
 from .sim import SimConfig, SimResult, simulate
 from .sim.scheduled import simulate_schedule
 
 if TYPE_CHECKING:
-    from .runtime.launch import DistributedResult
+    from .runtime.distributed.launch import DistributedResult
 
 __all__ = ["compile", "CompiledModel", "load", "LoadedModel"]
 
@@ -135,8 +137,8 @@ class CompiledModel(LocalPipeline):
     ) -> DistributedResult:
         """Save the plan and run it for real, one process per device on this machine
         (torch.distributed, gloo), emulating each device and link by default. ``requests``:
-        tuples of inputs; ``options`` go to ``dora_fx.runtime.launch.run_local``."""
-        from .runtime.launch import run_local
+        tuples of inputs; ``options`` go to ``dora_fx.runtime.distributed.launch.run_local``."""
+        from .runtime.distributed.launch import run_local
 
         if path is not None:
             return run_local(self.save(path), requests, **options)

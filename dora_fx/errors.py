@@ -18,6 +18,7 @@ __all__ = [
     "InputError",
     "ProfileError",
     "RankFailedError",
+    "DeviceLost",
 ]
 
 
@@ -76,3 +77,24 @@ class RankFailedError(DoraError, RuntimeError):
     def __init__(self, *args: object) -> None:
         super().__init__(*args)
         self.answered = {}
+
+
+class DeviceLost(RankFailedError):
+    """The rank of one device died, hung or failed, so that device is lost to the run: ``rank``,
+    ``stage`` and ``device`` name it (what the runtime adapter re-composes around). The message
+    says the same, for a person."""
+
+    def __init__(self, message: str, *, rank: int, stage: int, device: str) -> None:
+        super().__init__(message)
+        self.rank, self.stage, self.device = rank, stage, device
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable with its fields (threads, processes)
+        return (_device_lost, (str(self), self.rank, self.stage, self.device, self.answered))
+
+
+def _device_lost(
+    message: str, rank: int, stage: int, device: str, answered: dict[int, Any]
+) -> DeviceLost:
+    error = DeviceLost(message, rank=rank, stage=stage, device=device)
+    error.answered = answered
+    return error

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .passes.partition import BALANCED_FLOPS
+from .planner.balanced import BALANCED_FLOPS
 from .sim import SimConfig
 from .sim.explain import predicted_lines
 from .sim.scheduled import simulate_schedule
 
 if TYPE_CHECKING:
     from .adapter import Adapter
-    from .ir import Plan
-    from .pipeline import CompileState
-    from .problem import Problem
+    from .analysis.problem import Problem
+    from .compiler.state import CompileState
+    from .ir.plan import Plan
 
 __all__ = ["adapter_for", "explain_state", "format_table"]
 
@@ -103,7 +103,7 @@ def _scheduled_lines(state: CompileState, config: SimConfig) -> list[str]:
     """The predicted block for a plan with its schedule: the schedule simulated under the QoE's
     load (``sim.scheduled``), its idle-cluster figures (the plan's reported ones) and the
     analytic ones."""
-    from .evaluate import evaluate
+    from .analysis.evaluate import evaluate
 
     assert state.plan is not None and state.problem is not None and state.schedule is not None
     choice, schedule = state.schedule_choice, state.schedule

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from dora_fx import baselines, scenarios
-from dora_fx.evaluate import evaluate
-from dora_fx.planner import solve
+from dora_fx import scenarios
+from dora_fx.analysis.evaluate import evaluate
+from dora_fx.analysis.problem import Problem
+from dora_fx.planner import baselines, solve
 from dora_fx.planner.synthetic import random_blocks
-from dora_fx.problem import Problem
 from dora_fx.qoe import QoE
 
 

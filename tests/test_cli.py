@@ -1,4 +1,4 @@
-from dora_fx.cli import build_parser, main
+from dora_fx.cli.main import build_parser, main
 
 
 def test_plan_writes_stages_and_checks_them(tmp_path, capsys):

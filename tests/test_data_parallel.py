@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import dora_fx
+from dora_fx.ir.batch_split import split_sizes
 from dora_fx.models import build
-from dora_fx.runtime.data_parallel import split_sizes
 
 CLUSTER = dora_fx.Cluster(tuple(dora_fx.Device(n, 1e11) for n in ("a", "b", "c", "d")))
 

@@ -91,7 +91,7 @@ def test_wrong_inputs_at_call_time():
 def test_wrong_input_sizes_are_refused_before_any_rank_starts(saved):
     """A saved plan checks fixed sizes in-process and before launching ranks (a rank would
     fail mid-run, in a reshape far from the cause)."""
-    from dora_fx.runtime.launch import run_local
+    from dora_fx.runtime.distributed.launch import run_local
 
     folder, inputs = saved
     with pytest.raises(dora_fx.InputError, match="dimension 1 has size 32"):
@@ -128,7 +128,7 @@ def test_not_a_plan_folder(tmp_path):
 
 
 def test_a_failing_pass_is_named(monkeypatch):
-    import dora_fx.pipeline as pipeline
+    import dora_fx.compiler.pipeline as pipeline
 
     def broken(state):
         raise ValueError("boom")

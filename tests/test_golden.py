@@ -27,8 +27,9 @@ def test_mlp_stage_code(num_stages):
 @pytest.mark.parametrize("name, num_stages", [("mlp", 2), ("transformer", 3)])
 def test_schedule_text(name, num_stages):
     """The overlap schedule with two microbatches, pinned (its text round-trips)."""
-    from dora_fx.pipeline import CompileState, run_passes
-    from dora_fx.schedule import Schedule
+    from dora_fx.compiler.pipeline import run_passes
+    from dora_fx.compiler.state import CompileState
+    from dora_fx.ir.schedule import Schedule
 
     model, inputs = build(name)
     cluster = dora_fx.Cluster(tuple(dora_fx.Device(n, 1e11) for n in ("phone", "laptop", "pi")))

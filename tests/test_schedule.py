@@ -8,22 +8,14 @@ from hypothesis import strategies as st
 
 import dora_fx
 from dora_fx.api import CompiledModel
-from dora_fx.comm_ops import SEND
+from dora_fx.compiler.passes.verify import verify_schedule
+from dora_fx.compiler.pipeline import run_passes
+from dora_fx.compiler.state import CompileState
+from dora_fx.ir.comm_ops import SEND
+from dora_fx.ir.execute import execute
+from dora_fx.ir.lowering import Step, lower, lower_stage, relower
+from dora_fx.ir.schedule import Action, Kind, Schedule, ScheduleError, StageSchedule
 from dora_fx.models import build
-from dora_fx.passes.verify import verify_schedule
-from dora_fx.pipeline import CompileState, run_passes
-from dora_fx.schedule import (
-    Action,
-    Kind,
-    Schedule,
-    ScheduleError,
-    StageSchedule,
-    Step,
-    execute,
-    lower,
-    lower_stage,
-    relower,
-)
 
 CLUSTER = dora_fx.Cluster(tuple(dora_fx.Device(f"dev{i}", (i + 1) * 1e11) for i in range(4)))
 
@@ -252,8 +244,8 @@ def test_reorder_produces_what_the_next_stage_waits_for_first():
 
 @pytest.mark.parametrize("name", ["gpt2", "mobilenetv2", "bert", "transformer", "mlp"])
 def test_scheduled_runs_equal_the_model(name, monkeypatch, debug_verifier):
-    monkeypatch.setattr("dora_fx.schedule.CHUNK_BYTES", 512)
-    monkeypatch.setattr("dora_fx.passes.schedule_comm.CHUNK_BYTES", 512)
+    monkeypatch.setattr("dora_fx.ir.schedule.CHUNK_BYTES", 512)
+    monkeypatch.setattr("dora_fx.compiler.passes.schedule_comm.CHUNK_BYTES", 512)
     model, inputs = build(name, batch=5)
     with torch.no_grad():
         expected = model(*inputs)
@@ -360,7 +352,7 @@ def test_the_chosen_plan_reports_its_schedules_simulated_figures():
 def test_the_microbatch_count_serves_the_objective():
     """Under a throughput objective the count of best simulated throughput is chosen, not the
     one of least latency."""
-    from dora_fx.passes.schedule_comm import choose_schedule, plan_steps
+    from dora_fx.compiler.passes.schedule_comm import choose_schedule, plan_steps
     from dora_fx.sim.scheduled import schedule_metrics
 
     model, inputs = build("gpt2", batch=4)
@@ -382,8 +374,8 @@ def test_the_microbatch_count_serves_the_objective():
 
 
 def test_microbatch_counts_keep_the_planned_rows_of_a_data_parallel_group():
-    from dora_fx.ir import Plan, Stage
-    from dora_fx.passes.schedule_comm import _splits_evenly
+    from dora_fx.compiler.passes.schedule_comm import _splits_evenly
+    from dora_fx.ir.plan import Plan, Stage
 
     group = Plan("g", (Stage(0, 0, 4, ("a", "b", "c"), (0.125, 0.125, 0.75)),), batch=8)
     assert _splits_evenly(group, 8, 1) and not _splits_evenly(group, 8, 2)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import dora_fx
-from dora_fx.comm_ops import RECV
+from dora_fx.compiler.passes.verify import verify_stages
+from dora_fx.ir.comm_ops import RECV
 from dora_fx.models import build
-from dora_fx.passes.verify import verify_stages
 
 CLUSTER = dora_fx.Cluster(tuple(dora_fx.Device(n, 1e11) for n in "abc"))
 
@@ -72,7 +72,7 @@ class _Plain(torch.nn.Module):
 
 
 def test_symbolic_trace_fallback(monkeypatch):
-    import dora_fx.capture as capture
+    import dora_fx.compiler.capture as capture
 
     def refuse(*args, **kwargs):
         raise RuntimeError("export refuses this model")

@@ -20,12 +20,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..analysis.evaluate import evaluate, resource_busy_s
+from ..analysis.problem import Problem
+from ..analysis.work import plan_work
 from ..errors import PlanError
-from ..evaluate import evaluate, resource_busy_s
-from ..ir import Plan
-from ..problem import Problem
+from ..ir.plan import Plan
 from ..qoe import QoE
-from ..sim.work import plan_work
 from .compose_program import _costs, _excluded, _Program
 
 __all__ = ["PlanFigures", "Composition", "Composer", "plan_figures"]

@@ -15,8 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from ..ir import Plan
-from ..problem import Problem
+from ..analysis.problem import Problem
+from ..ir.plan import Plan
 from .compose import Arrivals, Composer, Composition
 from .plans import adapter_plans, planner_plans
 from .traces import Conditions, apply

@@ -299,7 +299,7 @@ class LauncherExecutor:
         self._one_at_a_time = threading.Lock() if serialize else None
 
     def run(self, plan: str, items: Sequence[tuple[int, Any]]) -> dict[int, Any]:
-        from ..runtime.launch import run_local
+        from ..runtime.distributed.launch import run_local
 
         fault = self.faults.pop(plan, None)
         if self._one_at_a_time is None:
@@ -358,7 +358,7 @@ class SessionExecutor:
             self._session(plan)
 
     def _session(self, plan: str) -> Any:
-        from ..runtime.session import Session
+        from ..runtime.distributed.session import Session
 
         with self._lock:
             if plan not in self.sessions:

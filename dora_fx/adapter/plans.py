@@ -33,10 +33,10 @@ from contextlib import suppress
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from ..analysis.evaluate import evaluate
+from ..analysis.problem import Problem
 from ..cost_models.cluster import Cluster
-from ..evaluate import evaluate
-from ..ir import Plan, Stage
-from ..problem import Problem
+from ..ir.plan import Plan, Stage
 
 if TYPE_CHECKING:
     from .traces import Conditions

@@ -46,10 +46,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..analysis.problem import Problem
 from ..errors import InfeasibleQoEError
-from ..ir import Plan
+from ..ir.plan import Plan
 from ..planner import solve
-from ..problem import Problem
 from ..sim import SimConfig, simulate
 from .compose import sharing_wait_s
 from .core import Adapter
@@ -426,7 +426,7 @@ def _named(plan: Plan | None) -> dict[str, Plan]:
 
 
 def _uses_network(plan: Plan, problem: Problem) -> bool:
-    from ..sim.work import plan_work
+    from ..analysis.work import plan_work
 
     if any(d not in problem.cluster for d in plan.devices):
         return False

@@ -23,9 +23,9 @@ import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from ..analysis.problem import Problem
 from ..errors import PlanError
-from ..ir import parse_fields
-from ..problem import Problem
+from ..ir.plan import parse_fields
 
 __all__ = ["Event", "Conditions", "Trace", "apply", "builtin_traces"]
 

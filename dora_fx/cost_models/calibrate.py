@@ -32,7 +32,6 @@ __all__ = [
     "calibrate",
     "measure_host",
     "fit_device",
-    "predict_forward_s",
     "sustained_call_s",
     "time_call_s",
 ]
@@ -109,54 +108,6 @@ def calibrate(
     if path is not None:
         device.save_profile(path, [r.to_json(device) for r in rows], _host_info())
     return device
-
-
-def annotated_graph(
-    model: torch.nn.Module, example_inputs: tuple[Any, ...]
-) -> tuple[Any, Any, int]:
-    """Capture ``model`` and annotate its node costs: ``(graph module, cost symbols, batch)``."""
-    import sympy
-
-    from ..capture import capture
-    from ..passes.annotate_costs import CostSymbols, annotate_costs
-
-    captured = capture(model, tuple(example_inputs), {})
-    symbols = CostSymbols.from_names(captured.symbols)
-    scale = None if captured.symbols else symbols.batch / sympy.Integer(captured.example_batch)
-    annotate_costs(captured.gm, symbols, scale)
-    return captured.gm, symbols, captured.example_batch
-
-
-def predict_graph_s(
-    gm: Any, symbols: Any, device: Device, batch: int, seq: int = 1
-) -> dict[str, float]:
-    """Seconds per op class (``dense``, ``other``) of one run of an annotated graph on
-    ``device``: the sum of its nodes' roofline times at ``batch`` (and ``seq``)."""
-    from ..ir import COST_KEY
-    from ..passes.annotate_costs import compile_costs
-
-    costs = [n.meta[COST_KEY] for n in gm.graph.nodes if COST_KEY in n.meta]
-    costs = [c for c in costs if c.op_class in ("dense", "other")]
-    exprs = [
-        e
-        for c in costs
-        for e in (c.flops, c.bytes_moved, c.output_bytes, c.misaligned_flops)
-    ]
-    values = compile_costs(exprs, symbols)(float(batch), float(seq)).reshape(len(costs), 4)
-    by_class = {"dense": 0.0, "other": 0.0}
-    for cost, (f, q, o, mis) in zip(costs, values, strict=True):
-        by_class[cost.op_class] += device.node_time_s(
-            float(f), float(q), cost.op_class, float(o), float(mis)
-        )
-    return by_class
-
-
-def predict_forward_s(
-    model: torch.nn.Module, example_inputs: tuple[Any, ...], device: Device
-) -> float:
-    """Predicted time of one forward pass of ``model`` at the example inputs' sizes."""
-    gm, symbols, batch = annotated_graph(model, example_inputs)
-    return sum(predict_graph_s(gm, symbols, device, batch).values())
 
 
 def _main() -> None:

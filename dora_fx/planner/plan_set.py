@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..evaluate import Metrics
-from ..ir import Plan
+from ..analysis.evaluate import Metrics
+from ..ir.plan import Plan
 from ..qoe import QoE
 
 __all__ = ["PlanSet", "objective_value", "OBJECTIVE_UNITS"]

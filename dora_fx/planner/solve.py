@@ -25,10 +25,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..analysis.evaluate import Metrics, evaluate
+from ..analysis.problem import Problem
 from ..errors import InfeasibleQoEError
-from ..evaluate import Metrics, evaluate
-from ..ir import Plan
-from ..problem import Problem
+from ..ir.plan import Plan
 from ..qoe import QoE
 from .dp import Dense, Stages, dense
 from .formulation import OBJECTIVES, build_formulation

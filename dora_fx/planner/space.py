@@ -34,10 +34,10 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from ..analysis.problem import Problem
 from ..cost_models.device import Device
 from ..errors import PlanError
-from ..ir import Plan, Stage
-from ..problem import Problem
+from ..ir.plan import Plan, Stage
 
 __all__ = [
     "DeviceClass",

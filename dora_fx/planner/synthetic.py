@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import random
 
+from ..analysis.problem import Block, Problem
 from ..cost_models import presets
 from ..cost_models.cluster import Cluster
 from ..cost_models.network import Network
-from ..problem import Block, Problem
 from ..qoe import QoE
 
 __all__ = ["random_blocks", "random_cluster", "random_problem"]

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..analysis.problem import Problem
+from ..analysis.work import _route  # the one routing rule: slices of the batch, overlap bytes
 from ..cost_models.device import Device
 from ..cost_models.network import Network
-from ..problem import Problem
-from ..sim.work import _route  # the one routing rule: slices of the batch, overlap bytes
 from .space import GroupType, PlanSpace
 
 __all__ = ["FlowTerms", "OptionTable", "Tables", "build_tables"]

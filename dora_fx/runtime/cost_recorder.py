@@ -16,7 +16,7 @@ import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..cost_models.device import Device
-from ..passes.op_costs import dense_flops, is_misaligned_gemm, is_view, op_name, other_flops
+from ..cost_models.op_costs import dense_flops, is_misaligned_gemm, is_view, op_name, other_flops
 
 __all__ = ["OpCost", "CostRecorder", "stage_time_s"]
 

@@ -9,25 +9,13 @@ taken from the first replica on the way out.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ..comm_ops import use_transport
+from ..ir.comm_ops import use_transport
 
-__all__ = ["split_sizes", "run_replicated", "ShardView", "slice_along", "join_along"]
-
-
-def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
-    """Integer sizes summing to ``batch``, proportional to ``shares`` (largest remainder)."""
-    exact = [batch * s / sum(shares) for s in shares]
-    sizes = [math.floor(x) for x in exact]
-    by_remainder = sorted(range(len(shares)), key=lambda i: exact[i] - sizes[i], reverse=True)
-    for i in by_remainder[: batch - sum(sizes)]:
-        sizes[i] += 1
-    return sizes
+__all__ = ["run_replicated", "ShardView", "slice_along", "join_along"]
 
 
 def slice_along(value: Any, dim: int | None, start: int, size: int) -> Any:

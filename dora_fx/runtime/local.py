@@ -3,7 +3,7 @@ nodes. It returns exactly what the model returns, same pytree.
 
 When the stages carry a schedule (``transfers["schedule"]``, written by ``schedule_comm``),
 the runtime executes it: the batch is cut into the schedule's microbatches along each input's
-batch dim, every stage's actions run interleaved (``dora_fx.schedule.execute``), a COMPUTE
+batch dim, every stage's actions run interleaved (``dora_fx.ir.execute``), a COMPUTE
 runs one segment of the stage graph for one microbatch, a SEND hands the value over in its
 chunks (keyed by source, destination, tag and microbatch) and the WAIT joins them, and the
 outputs are joined back along their batch dims. Without a schedule (an older plan folder) the
@@ -13,89 +13,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
 
-from ..comm_ops import Mailbox, use_transport
 from ..errors import InputError
-from ..schedule import (
-    Action,
-    Kind,
-    Schedule,
-    ScheduleError,
-    StageSchedule,
-    Step,
-    execute,
-    lower,
-    relower,
-)
-from .data_parallel import join_along, run_replicated, slice_along, split_sizes
+from ..ir.batch_split import split_sizes
+from ..ir.comm_ops import Mailbox, use_transport
+from ..ir.execute import execute
+from ..ir.lowering import Step, lower, relower
+from ..ir.schedule import Action, Kind, Schedule, ScheduleError, StageSchedule
+from ..ir.stage_module import StageModule
+from .data_parallel import join_along, run_replicated, slice_along
+from .inputs import check_input_tensors, flatten_inputs
 from .segments import SegmentProgram, StageView, segment_program
 
-__all__ = ["StageModule", "LocalPipeline", "flatten_inputs", "stage_programs"]
-
-
-@dataclass
-class StageModule:
-    """One stage as the runtimes see it: a module, its wiring, and its readable source."""
-
-    index: int
-    module: torch.nn.Module
-    input_indices: list[int]
-    output_indices: list[int]
-    devices: tuple[str, ...]
-    code: str = ""
-    node_names: list[str] = field(default_factory=list)
-    # sends / recvs / outputs with dtype, shape and batch dim (see insert_comm.stage_transfers)
-    transfers: dict[str, Any] = field(default_factory=dict)
-    shares: tuple[float, ...] = (1.0,)  # batch shares of a data-parallel group, one per device
-
-    @property
-    def schedule_entry(self) -> dict[str, Any] | None:
-        return self.transfers.get("schedule")
-
-    @property
-    def num_params(self) -> int:
-        return sum(t.numel() for t in self.module.state_dict().values())
-
-
-def flatten_inputs(
-    args: tuple[Any, ...], kwargs: dict[str, Any], in_spec: pytree.TreeSpec
-) -> list[Any]:
-    """Flatten a call the way the model was captured; say precisely what differs if it does not fit."""
-    expected_kwargs = _kwarg_names(in_spec)
-    if set(kwargs) == set(expected_kwargs):
-        kwargs = {k: kwargs[k] for k in expected_kwargs}  # captured order
-    flat, spec = pytree.tree_flatten((tuple(args), kwargs))
-    if spec != in_spec:
-        raise InputError(
-            "inputs do not match those the model was compiled with:\n"
-            f"  expected {_describe(in_spec)}\n  got      {_describe(spec)}"
-        )
-    return flat
-
-
-def _kwarg_names(in_spec: pytree.TreeSpec) -> list[str]:
-    try:
-        return list(_children(in_spec)[1].context or [])
-    except (IndexError, AttributeError):
-        return []
-
-
-def _children(spec: pytree.TreeSpec) -> list[pytree.TreeSpec]:
-    children = getattr(spec, "children", None)
-    return list(children()) if callable(children) else list(spec.children_specs)
-
-
-def _describe(spec: pytree.TreeSpec) -> str:
-    try:
-        args_spec, kwargs_spec = _children(spec)
-        return f"{args_spec.num_leaves} positional input(s) and keyword inputs {list(kwargs_spec.context or [])}"
-    except (ValueError, AttributeError):
-        return str(spec)
+__all__ = ["LocalPipeline", "stage_programs"]
 
 
 class LocalPipeline:
@@ -172,35 +106,6 @@ class LocalPipeline:
 
     def _check_tensors(self, flat: list[Any]) -> None:
         check_input_tensors(flat, self.input_meta, self.input_shapes)
-
-
-def check_input_tensors(
-    flat: Sequence[Any],
-    input_meta: Sequence[tuple[int, torch.dtype] | None],
-    input_shapes: Sequence[Sequence[int | str] | None],
-) -> None:
-    """Raise ``InputError`` for the first flattened input that is not what the plan was
-    compiled for: a tensor of the same rank and dtype whose fixed dimensions (ints in
-    ``input_shapes``; ``batch``/``seq`` expressions may vary) have the compiled sizes."""
-    for position, (value, meta, shape) in enumerate(zip(flat, input_meta, input_shapes)):
-        if meta is None:
-            continue
-        ndim, dtype = meta
-        if not isinstance(value, torch.Tensor):
-            raise InputError(f"input {position}: expected a Tensor, got {type(value).__name__}")
-        if value.dim() != ndim or value.dtype != dtype:
-            raise InputError(
-                f"input {position}: expected a {ndim}-d {dtype} tensor, got a "
-                f"{value.dim()}-d {value.dtype} tensor of shape {tuple(value.shape)}"
-            )
-        for dim, (want, got) in enumerate(zip(shape or (), value.shape)):
-            if isinstance(want, int) and want != got:
-                raise InputError(
-                    f"input {position}: dimension {dim} has size {got}, but the plan was "
-                    f"compiled for shape [{', '.join(map(str, shape or ()))}] (named dimensions "
-                    f"may vary, numbers may not); build the input at those sizes or compile "
-                    f"the model again for this one"
-                )
 
 
 def _segment_level() -> bool:

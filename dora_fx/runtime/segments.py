@@ -1,6 +1,6 @@
 """Running a stage one segment at a time, as its schedule's COMPUTE actions ask.
 
-A schedule's ``F<k>`` computes segment ``k`` of one microbatch (``dora_fx.schedule.segments``:
+A schedule's ``F<k>`` computes segment ``k`` of one microbatch (``dora_fx.ir.lowering.segments``:
 the stage graph cut where a received value is first needed and after a value another stage
 needs is produced). Both runtimes run segments through a ``SegmentProgram``:
 
@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import torch
 import torch.fx
 
-from ..schedule import ScheduleError, segments
+from ..ir.lowering import segments
+from ..ir.schedule import ScheduleError
 
 __all__ = ["StageView", "SegmentProgram", "GraphSegments", "SourceSegments", "segment_program"]
 

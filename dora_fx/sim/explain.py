@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from ..evaluate import evaluate
-from ..ir import Plan
-from ..problem import Problem
-from .simulator import SimConfig, simulate
+from ..analysis.evaluate import evaluate
+from ..analysis.problem import Problem
+from ..ir.plan import Plan
+from .config import SimConfig
+from .simulator import simulate
 
 __all__ = ["predicted_lines"]
 

@@ -11,7 +11,7 @@ import numpy as np
 from ..cost_models.energy import EnergyBreakdown
 
 if TYPE_CHECKING:
-    from .simulator import SimConfig
+    from .config import SimConfig
 
 __all__ = ["ComputeEvent", "FlowEvent", "SimResult"]
 

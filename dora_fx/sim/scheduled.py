@@ -1,4 +1,4 @@
-"""Simulate the schedule a plan was compiled with (``dora_fx.schedule.Schedule``).
+"""Simulate the schedule a plan was compiled with (``dora_fx.ir.schedule.Schedule``).
 
 The discrete-event simulator (``sim.simulator``) runs a plan at stage granularity; this module
 drives it with what the chosen schedule does:
@@ -25,17 +25,19 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ..analysis.problem import Problem
+from ..analysis.work import Transfer, plan_work
 from ..cost_models.network import Network
-from ..ir import Plan
-from ..problem import Problem
-from ..schedule import Schedule, relower
+from ..ir.lowering import relower
+from ..ir.plan import Plan
+from ..ir.schedule import Schedule
+from .config import SimConfig
 from .fluid import FluidNetwork, _Flow
 from .result import SimResult
-from .simulator import _FLOW_DONE, SimConfig, _Run, _Task
-from .work import Transfer, plan_work
+from .simulator import _FLOW_DONE, _Run, _Task
 
 if TYPE_CHECKING:
-    from ..evaluate import Metrics
+    from ..analysis.evaluate import Metrics
 
 __all__ = ["PriorityFluidNetwork", "simulate_schedule", "schedule_config", "schedule_metrics"]
 
@@ -213,7 +215,7 @@ def schedule_metrics(schedule: Schedule, plan: Plan, problem: Problem) -> tuple[
     Returns the figures and the idle single-request simulation."""
     from dataclasses import replace
 
-    from ..evaluate import evaluate  # evaluate imports sim.work: keep the import lazy
+    from ..analysis.evaluate import evaluate  # evaluate imports sim.work: keep the import lazy
 
     critical_first = schedule.contention == "critical-first"
 

@@ -21,9 +21,9 @@ from dora_fx.adapter import (
     builtin_traces,
     compose_cvxpy,
 )
-from dora_fx.ir import Plan, Stage
+from dora_fx.analysis.problem import Problem
+from dora_fx.ir.plan import Plan, Stage
 from dora_fx.planner.synthetic import random_blocks
-from dora_fx.problem import Problem
 
 
 def _problem(rate: float, latency_ms: float = 1000.0) -> Problem:

@@ -3,14 +3,8 @@ import json
 import pytest
 import torch
 
-from dora_fx.cost_models.calibrate import (
-    Measurement,
-    annotated_graph,
-    calibrate,
-    fit_device,
-    predict_forward_s,
-    predict_graph_s,
-)
+from dora_fx.compiler.predict import annotated_graph, predict_forward_s, predict_graph_s
+from dora_fx.cost_models.calibrate import Measurement, calibrate, fit_device
 from dora_fx.cost_models.device import Device
 from dora_fx.cost_models.fit import _non_increasing
 from dora_fx.cost_models.microbench import _measure_part

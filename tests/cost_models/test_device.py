@@ -224,7 +224,7 @@ def test_misaligned_matmul_flops_run_at_their_efficiency():
 
 
 def test_an_odd_output_width_marks_a_matmul_misaligned():
-    from dora_fx.passes.op_costs import is_misaligned_gemm
+    from dora_fx.cost_models.op_costs import is_misaligned_gemm
 
     assert is_misaligned_gemm("addmm", torch.empty(4, 50257))
     assert not is_misaligned_gemm("addmm", torch.empty(4, 1000))  # 4000 bytes: 125 vectors

@@ -56,13 +56,13 @@ def test_highs_solves_print_nothing() -> None:
         import random
         from dora_fx import QoE, scenarios
         from dora_fx.adapter import Composer
-        from dora_fx.ir import Plan, Stage
+        from dora_fx.ir.plan import Plan, Stage
         from dora_fx.planner import plan_space
         from dora_fx.planner.formulation import build_formulation
         from dora_fx.planner.milp_backends import solve_highs
         from dora_fx.planner.synthetic import random_blocks, random_problem
         from dora_fx.planner.tables import build_tables
-        from dora_fx.problem import Problem
+        from dora_fx.analysis.problem import Problem
 
         problem = random_problem(3, 5, 3)
         form = build_formulation(build_tables(problem, plan_space(problem)), problem.qoe, "latency")

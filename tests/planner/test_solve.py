@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 
 import dora_fx
 from dora_fx import scenarios
+from dora_fx.analysis.evaluate import evaluate
+from dora_fx.analysis.problem import Problem
 from dora_fx.errors import InfeasibleQoEError
-from dora_fx.evaluate import evaluate
-from dora_fx.ir import Plan
+from dora_fx.ir.plan import Plan
 from dora_fx.planner import PlanSet, enumerate_plans, plan_space, solve
 from dora_fx.planner.dp import dense
 from dora_fx.planner.measure import measure_path
 from dora_fx.planner.plan_set import objective_value
 from dora_fx.planner.synthetic import random_blocks, random_problem
 from dora_fx.planner.tables import build_tables
-from dora_fx.problem import Problem
 from dora_fx.qoe import QoE
 
 
@@ -154,8 +154,9 @@ def test_a_milp_cut_short_by_its_time_limit_is_noted():
 
 
 def test_group_shares_are_whole_rows_the_runtime_splits_as_planned():
+    from dora_fx.ir import batch_split
     from dora_fx.planner.space import group_shares
-    from dora_fx.runtime import data_parallel, distributed_wiring
+    from dora_fx.runtime.distributed import wiring as distributed_wiring
 
     speed = {"phone": 0.104, "laptop": 0.185, "rpi4": 0.0167, "jetson": 0.694}  # smart_home, GPT-2
     devices = tuple(speed)
@@ -169,6 +170,6 @@ def test_group_shares_are_whole_rows_the_runtime_splits_as_planned():
         if sum(other) == 8:
             assert max(r / speed[d] for r, d in zip(other, devices)) >= finish - 1e-12
     assert distributed_wiring.split_sizes(8, shares) == rows
-    assert data_parallel.split_sizes(8, shares) == rows
+    assert batch_split.split_sizes(8, shares) == rows
     with pytest.raises(dora_fx.errors.PlanError, match="needs a row per device"):
         group_shares(devices, speed, batch=3)

@@ -8,8 +8,8 @@ import torch
 
 import dora_fx
 from dora_fx.errors import PlanFolderError, RankFailedError
-from dora_fx.runtime.distributed import rank_table, split_sizes
-from dora_fx.runtime.launch import _check_port, run_local
+from dora_fx.runtime.distributed.launch import _check_port, run_local
+from dora_fx.runtime.distributed.wiring import rank_table, split_sizes
 
 from .conftest import close, copy_plan, data_parallel
 
@@ -92,7 +92,7 @@ def test_rank_table_is_stage_major():
 
 
 def test_wrong_number_of_ranks_is_named(mlp_plan):
-    from dora_fx.runtime.distributed_driver import _stage_of
+    from dora_fx.runtime.distributed.rank import _stage_of
 
     with pytest.raises(PlanFolderError, match="plan for 3 ranks .* but 2 were started"):
         _stage_of(str(mlp_plan[2]), 0, 2)
@@ -114,10 +114,10 @@ def test_ranks_execute_their_schedule_with_microbatches_and_chunks(tmp_path, mon
     executes its stage's actions, in the schedule's order for every request (the SENTs that
     end a request run after the next request's first segment), the chunks are joined again
     and the outputs are the model's."""
-    from dora_fx.schedule import Kind, Schedule
+    from dora_fx.ir.schedule import Kind, Schedule
 
-    monkeypatch.setattr("dora_fx.schedule.CHUNK_BYTES", 256)
-    monkeypatch.setattr("dora_fx.passes.schedule_comm.CHUNK_BYTES", 256)
+    monkeypatch.setattr("dora_fx.ir.schedule.CHUNK_BYTES", 256)
+    monkeypatch.setattr("dora_fx.compiler.passes.schedule_comm.CHUNK_BYTES", 256)
     model, example = dora_fx.models.build("mlp", batch=6)
     compiled = dora_fx.compile(
         model, dora_fx.scenarios.smart_home(), example_inputs=example, num_stages=3,
@@ -204,8 +204,8 @@ class _DeadPeerWork:
 
 def _lonely_transport():
     """Rank 0 of a two-rank table with no links (so no receiver threads, no gloo calls)."""
-    from dora_fx.runtime.distributed_transport import _MAX_PENDING, DistTransport
-    from dora_fx.runtime.distributed_wiring import RankInfo, StageWiring
+    from dora_fx.runtime.distributed.transport import _MAX_PENDING, DistTransport
+    from dora_fx.runtime.distributed.wiring import RankInfo, StageWiring
 
     table = [RankInfo(0, 0, 0, "a", (1.0,)), RankInfo(1, 1, 0, "b", (1.0,))]
     wiring = StageWiring(table, {0: {}, 1: {}}, {0: {}, 1: {}}, {}, {0: [], 1: []}, {0: [], 1: []})
@@ -216,7 +216,7 @@ def _lonely_transport():
 def test_a_dead_peer_found_waiting_a_send_is_named(where):
     """Waiting un-waited sends (reaping the oldest, closing) names the receiving rank as the
     suspect, as SENT does, rather than raising gloo's error."""
-    from dora_fx.runtime.distributed_transport import _Pending
+    from dora_fx.runtime.distributed.transport import _Pending
 
     transport, limit = _lonely_transport()
     transport._pending = [_Pending(_DeadPeerWork(), 1, 7, ()) for _ in range(limit + 1)]

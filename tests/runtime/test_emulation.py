@@ -9,7 +9,7 @@ import time
 import torch
 
 import dora_fx
-from dora_fx.runtime.cli_run import add_run_parser
+from dora_fx.cli.run import add_run_parser
 from dora_fx.runtime.compute_emulation import ComputeStretch
 from dora_fx.runtime.cost_recorder import CostRecorder, stage_time_s
 from dora_fx.runtime.network_emulation import MediumLedger

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dora_fx.errors import RankFailedError
-from dora_fx.runtime.launch import run_local
+from dora_fx.runtime.distributed.launch import run_local
 
 TIMEOUT_S = 4.0
 

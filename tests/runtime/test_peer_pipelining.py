@@ -8,7 +8,7 @@ import torch
 
 import dora_fx
 from dora_fx import models
-from dora_fx.runtime.peer_pipelining import even_split_points, run_pipelining
+from dora_fx.peers.pipelining import even_split_points, run_pipelining
 
 from .conftest import close
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from dora_fx.errors import RankFailedError
-from dora_fx.runtime.session import HEARTBEAT_S, Session
+from dora_fx.runtime.distributed.inbox import HEARTBEAT_S
+from dora_fx.runtime.distributed.session import Session
 
 TIMEOUT_S = 4.0
 

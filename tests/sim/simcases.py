@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
+from dora_fx.analysis.problem import Block, Problem
 from dora_fx.cost_models import Cluster, Device, Link, Medium, Network
-from dora_fx.ir import Plan, Stage
-from dora_fx.problem import Block, Problem
+from dora_fx.ir.plan import Plan, Stage
 
 
 def chain_problem(cluster: Cluster, n_blocks: int = 6, batch: int = 4, flops: float = 2e9,

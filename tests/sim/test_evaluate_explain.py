@@ -1,8 +1,8 @@
 import pytest
 from simcases import chain_problem, pipeline
 
-from dora_fx.evaluate import evaluate
-from dora_fx.problem import Problem
+from dora_fx.analysis.evaluate import evaluate
+from dora_fx.analysis.problem import Problem
 from dora_fx.qoe import QoE
 from dora_fx.scenarios import smart_home, traffic_analytics
 from dora_fx.sim.explain import predicted_lines

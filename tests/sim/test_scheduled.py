@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from simcases import chain_problem, pipeline
 
+from dora_fx.ir.lowering import Step, lower, relower
 from dora_fx.scenarios import edge_cluster
-from dora_fx.schedule import Step, lower, relower
 from dora_fx.sim import SimConfig
 from dora_fx.sim.scheduled import simulate_schedule
 

@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from simcases import NAMES, clusters, plans, problems
 
-from dora_fx.evaluate import evaluate
-from dora_fx.ir import Plan, Stage
-from dora_fx.problem import Problem
+from dora_fx.analysis.evaluate import evaluate
+from dora_fx.analysis.problem import Problem
+from dora_fx.ir.plan import Plan, Stage
 from dora_fx.sim import simulate
 from dora_fx.sim.fluid import arrival_times_s
 

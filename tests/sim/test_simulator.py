@@ -3,12 +3,13 @@ import math
 import pytest
 from simcases import chain_problem, pipeline
 
+from dora_fx.analysis.evaluate import evaluate
+from dora_fx.analysis.work import plan_work
 from dora_fx.cost_models import Cluster, Device, Link, Medium, Network
 from dora_fx.errors import PlanError
-from dora_fx.evaluate import evaluate
-from dora_fx.ir import Plan, Stage
+from dora_fx.ir.plan import Plan, Stage
 from dora_fx.scenarios import edge_cluster, smart_home
-from dora_fx.sim import SimConfig, plan_work, simulate
+from dora_fx.sim import SimConfig, simulate
 
 
 def test_one_device_plan_latency_is_the_sum_of_block_times():

@@ -2,9 +2,9 @@ import json
 
 from simcases import chain_problem, pipeline
 
+from dora_fx.cli.simulate import main, problem_to_json
 from dora_fx.scenarios import smart_home
 from dora_fx.sim import simulate
-from dora_fx.sim.cli import main, problem_to_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

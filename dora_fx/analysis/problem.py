@@ -1,0 +1,66 @@
+"""The abstract planning problem: a chain of blocks with numeric costs, a cluster, a QoE.
+
+Blocks come from the coarsen pass (a traced graph) or are written by hand, so the planner,
+the simulator and the baselines can be exercised without a model. Every figure is for the
+problem's ``batch`` (the coarsen pass evaluates its sympy expressions at that batch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..cost_models.cluster import Cluster
+from ..errors import PlanError
+from ..qoe import QoE
+
+__all__ = ["Block", "Problem"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A contiguous run of graph nodes, costed at the problem's batch.
+
+    ``flops``: all FLOPs; ``dense_flops``: the part in matmul/conv/attention (defaults to all);
+    ``bytes``: memory traffic (operands read + results written); ``out_bytes``: bytes of the
+    live tensors that cross the cut after this block (what a stage boundary here sends);
+    ``param_bytes``: weights and buffers the block reads; ``ops``: node count, for per-op
+    overhead; ``name``: where it came from (a module path), for explain(); ``dense_bytes``:
+    the part of ``bytes`` moved by dense nodes (None: price the block with one roofline);
+    ``misaligned_flops``: the part of ``dense_flops`` in matrix multiplies whose output rows
+    are not whole 32-byte vectors (priced at ``Device.misaligned_dense_efficiency``).
+    """
+
+    flops: float
+    bytes: float
+    out_bytes: float
+    param_bytes: float = 0.0
+    dense_flops: float | None = None
+    ops: int = 1
+    name: str = ""
+    dense_bytes: float | None = None  # bytes moved by the dense nodes: one roofline per class
+    misaligned_flops: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("flops", "bytes", "out_bytes", "param_bytes"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise PlanError(f"block {self.name or '?'}: {key} must be >= 0, got {value!r}")
+
+    @property
+    def dense(self) -> float:
+        return self.flops if self.dense_flops is None else self.dense_flops
+
+
+@dataclass(frozen=True)
+class Problem:
+    blocks: tuple[Block, ...]
+    cluster: Cluster
+    qoe: QoE = field(default_factory=QoE)
+    batch: int = 1
+    input_bytes: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if not self.blocks:
+            raise PlanError("a Problem needs at least one block")

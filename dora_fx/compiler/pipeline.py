@@ -1,0 +1,177 @@
+"""The compiler: one flat, named list of passes over a ``CompileState``.
+
+::
+
+    capture         model            -> flat ATen GraphModule (torch.export; symbolic_trace fallback)
+    annotate_costs  GraphModule      -> node.meta["dora.cost"]: sympy FLOPs / bytes per node
+    coarsen         GraphModule      -> BlockChain: blocks at valid, low-traffic cut points
+    partition       Problem          -> PlanSet     (pure: planner.solve; QoE-aware, certified gap)
+    insert_comm     GraphModule+Plan -> one GraphModule per stage with send/recv nodes
+    schedule_comm   stage graphs     -> reordered for overlap + Schedule (actions per stage,
+                                        microbatches chosen by simulating the plan; the
+                                        plan's predicted figures become the schedule's)
+    codegen         stage graphs     -> readable standalone Python per stage, schedule shown
+
+With ``DORA_DEBUG=1`` the verifier runs after every pass and each pass's graphs are written to
+``$DORA_DUMP_DIR`` (default: ``./dora_debug``). A failing pass is named in the error, with the
+passes that ran before it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import sympy
+
+from ..analysis.problem import Problem
+from ..errors import DoraError, PassError
+from ..ir.stage_module import StageModule
+from ..planner import solve
+from ..planner.balanced import balanced_flops_plan, check_plan
+from .capture import capture
+from .passes.annotate_costs import CostSymbols, annotate_costs
+from .passes.coarsen import coarsen
+from .passes.codegen import stage_source
+from .passes.insert_comm import insert_comm, stage_transfers
+from .passes.schedule_comm import schedule_comm
+from .passes.verify import verify_state
+from .state import CompileState
+
+__all__ = ["CompileState", "PASSES", "run_passes"]
+
+log = logging.getLogger("dora_fx")
+
+
+def _capture(state: CompileState) -> None:
+    state.captured = capture(
+        state.model, state.example_inputs, state.example_kwargs, seq_dim=state.seq_dim
+    )
+
+
+def _annotate_costs(state: CompileState) -> None:
+    assert state.captured is not None
+    state.symbols = CostSymbols.from_names(state.captured.symbols)
+    scale = None
+    if not state.captured.symbols:  # static shapes: assume costs linear in the batch
+        scale = state.symbols.batch / sympy.Integer(state.captured.example_batch)
+    state.missing_formulas = annotate_costs(state.captured.gm, state.symbols, scale)
+
+
+def _coarsen(state: CompileState) -> None:
+    assert state.captured is not None and state.symbols is not None
+    state.chain = coarsen(state.captured.gm, state.symbols, state.max_blocks)
+
+
+def _partition(state: CompileState) -> None:
+    assert state.chain is not None
+    blocks, input_bytes = state.chain.at(state.qoe.batch)
+    state.problem = Problem(tuple(blocks), state.cluster, state.qoe, state.qoe.batch, input_bytes)
+    if state.given_plan is not None:
+        state.plan = check_plan(state.given_plan, state.problem)
+    elif state.num_stages is not None:  # a fixed stage count: the spine's FLOP-balanced split
+        state.plan = balanced_flops_plan(state.problem, state.num_stages)
+    else:
+        state.plan_set = solve(state.problem)
+        state.plan = state.plan_set.best
+
+
+def _insert_comm(state: CompileState) -> None:
+    assert state.captured is not None and state.chain is not None and state.plan is not None
+    state.programs = insert_comm(state.captured.gm, state.chain, state.plan)
+
+
+def _schedule_comm(state: CompileState) -> None:
+    assert state.captured is not None and state.plan is not None
+    choice = schedule_comm(
+        [p.gm for p in state.programs],
+        state.plan,
+        state.problem,
+        state.qoe.batch,
+        dynamic_batch="batch" in state.captured.symbols.values(),
+        microbatches=state.microbatches,
+    )
+    state.schedule_choice = choice
+    if state.plan_set is not None and choice.metrics is not None:
+        # the planner's figures for the chosen plan become those of the schedule it runs
+        state.plan_set = state.plan_set.with_schedule(choice.metrics, choice.schedule.header())
+        state.plan = state.plan_set.best
+
+
+def _codegen(state: CompileState) -> None:
+    assert state.captured is not None and state.plan is not None
+    assert state.schedule is not None
+    names = state.captured.input_names
+    schedule = state.schedule
+    state.stages = [
+        StageModule(
+            index=program.index,
+            module=program.gm,
+            input_indices=program.input_indices,
+            output_indices=program.output_indices,
+            devices=state.plan.stages[program.index].devices,
+            shares=state.plan.stages[program.index].shares,
+            code=stage_source(
+                program, state.plan, [names[i] for i in program.input_indices], schedule
+            ),
+            node_names=program.node_names,
+            transfers={
+                **stage_transfers(program.gm, state.captured.symbols),
+                "schedule": schedule.stage_entry(program.index),
+            },
+        )
+        for program in state.programs
+    ]
+
+
+Pass = tuple[str, Callable[[CompileState], None]]
+
+PASSES: list[Pass] = [
+    ("capture", _capture),
+    ("annotate_costs", _annotate_costs),
+    ("coarsen", _coarsen),
+    ("partition", _partition),
+    ("insert_comm", _insert_comm),
+    ("schedule_comm", _schedule_comm),
+    ("codegen", _codegen),
+]
+
+
+def run_passes(state: CompileState, passes: list[Pass] = PASSES) -> CompileState:
+    debug = os.environ.get("DORA_DEBUG", "") not in ("", "0")
+    done: list[str] = []
+    for name, run in passes:
+        log.info("dora_fx: pass %s", name)
+        try:
+            run(state)
+            if debug:
+                verify_state(state, name)
+                _dump(state, name)
+        except DoraError:
+            raise
+        except Exception as exc:
+            before = ", ".join(done) or "none"
+            raise PassError(
+                f"pass {name!r} failed ({type(exc).__name__}: {exc}); passes run before it: "
+                f"{before}. Set DORA_DEBUG=1 to verify and dump the graph after each pass."
+            ) from exc
+        done.append(name)
+    return state
+
+
+def _dump(state: CompileState, pass_name: str) -> None:
+    folder = Path(os.environ.get("DORA_DUMP_DIR", "dora_debug"))
+    folder.mkdir(parents=True, exist_ok=True)
+    index = [name for name, _ in PASSES].index(pass_name) if pass_name in dict(PASSES) else 0
+    texts = []
+    if state.captured is not None and not state.programs:
+        texts.append(str(state.captured.gm.graph))
+    if state.plan is not None:
+        texts.append(state.plan.to_text())
+    texts += [f"# stage {p.index}\n{p.gm.graph}" for p in state.programs]
+    if state.schedule is not None:
+        texts.append(state.schedule.to_text())
+    (folder / f"{index:02d}_{pass_name}.txt").write_text("\n\n".join(texts) + "\n")
+    log.warning("dora_fx: DORA_DEBUG dump after %s in %s", pass_name, folder)

@@ -1,0 +1,68 @@
+"""Calibration: measure this host and fit its roofline, so predictions rest on measurements.
+
+``calibrate()`` runs each part of the microbenchmarks in a fresh Python process with the
+caller's thread count (``measure_host``), fits a roofline ``Device`` to the rows
+(``fit_device``) and saves it, with the rows and the host's details, as a profile JSON that
+``Device.from_profile`` reads; the distributed runtime's emulation scales from it.
+``predict_forward_s`` sums the node rooflines of a captured model for checking.
+
+What is measured and why: ``microbench``; how each ``Device`` field is fitted: ``fit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..cost_models.device import Device
+
+__all__ = ["annotated_graph", "predict_graph_s", "predict_forward_s"]
+
+
+def annotated_graph(
+    model: torch.nn.Module, example_inputs: tuple[Any, ...]
+) -> tuple[Any, Any, int]:
+    """Capture ``model`` and annotate its node costs: ``(graph module, cost symbols, batch)``."""
+    import sympy
+
+    from .capture import capture
+    from .passes.annotate_costs import CostSymbols, annotate_costs
+
+    captured = capture(model, tuple(example_inputs), {})
+    symbols = CostSymbols.from_names(captured.symbols)
+    scale = None if captured.symbols else symbols.batch / sympy.Integer(captured.example_batch)
+    annotate_costs(captured.gm, symbols, scale)
+    return captured.gm, symbols, captured.example_batch
+
+
+def predict_graph_s(
+    gm: Any, symbols: Any, device: Device, batch: int, seq: int = 1
+) -> dict[str, float]:
+    """Seconds per op class (``dense``, ``other``) of one run of an annotated graph on
+    ``device``: the sum of its nodes' roofline times at ``batch`` (and ``seq``)."""
+    from ..ir.cost import COST_KEY
+    from .passes.annotate_costs import compile_costs
+
+    costs = [n.meta[COST_KEY] for n in gm.graph.nodes if COST_KEY in n.meta]
+    costs = [c for c in costs if c.op_class in ("dense", "other")]
+    exprs = [
+        e
+        for c in costs
+        for e in (c.flops, c.bytes_moved, c.output_bytes, c.misaligned_flops)
+    ]
+    values = compile_costs(exprs, symbols)(float(batch), float(seq)).reshape(len(costs), 4)
+    by_class = {"dense": 0.0, "other": 0.0}
+    for cost, (f, q, o, mis) in zip(costs, values, strict=True):
+        by_class[cost.op_class] += device.node_time_s(
+            float(f), float(q), cost.op_class, float(o), float(mis)
+        )
+    return by_class
+
+
+def predict_forward_s(
+    model: torch.nn.Module, example_inputs: tuple[Any, ...], device: Device
+) -> float:
+    """Predicted time of one forward pass of ``model`` at the example inputs' sizes."""
+    gm, symbols, batch = annotated_graph(model, example_inputs)
+    return sum(predict_graph_s(gm, symbols, device, batch).values())

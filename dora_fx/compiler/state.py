@@ -1,0 +1,70 @@
+"""The compiler: one flat, named list of passes over a ``CompileState``.
+
+::
+
+    capture         model            -> flat ATen GraphModule (torch.export; symbolic_trace fallback)
+    annotate_costs  GraphModule      -> node.meta["dora.cost"]: sympy FLOPs / bytes per node
+    coarsen         GraphModule      -> BlockChain: blocks at valid, low-traffic cut points
+    partition       Problem          -> PlanSet     (pure: planner.solve; QoE-aware, certified gap)
+    insert_comm     GraphModule+Plan -> one GraphModule per stage with send/recv nodes
+    schedule_comm   stage graphs     -> reordered for overlap + Schedule (actions per stage,
+                                        microbatches chosen by simulating the plan; the
+                                        plan's predicted figures become the schedule's)
+    codegen         stage graphs     -> readable standalone Python per stage, schedule shown
+
+With ``DORA_DEBUG=1`` the verifier runs after every pass and each pass's graphs are written to
+``$DORA_DUMP_DIR`` (default: ``./dora_debug``). A failing pass is named in the error, with the
+passes that ran before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..analysis.problem import Problem
+from ..cost_models.cluster import Cluster
+from ..ir.plan import Plan
+from ..ir.schedule import Schedule
+from ..ir.stage_module import StageModule
+from ..planner import PlanSet
+from ..qoe import QoE
+from .capture import Captured
+from .passes.annotate_costs import CostSymbols
+from .passes.coarsen import BlockChain
+from .passes.insert_comm import StageProgram
+from .passes.schedule_comm import ScheduleChoice
+
+__all__ = ["CompileState"]
+
+
+@dataclass
+class CompileState:
+    model: torch.nn.Module
+    example_inputs: tuple[Any, ...]
+    example_kwargs: dict[str, Any]
+    cluster: Cluster
+    qoe: QoE
+    num_stages: int | None = None
+    seq_dim: int | None = None
+    max_blocks: int = 100
+    given_plan: Plan | None = None
+    plan_set: PlanSet | None = None
+    captured: Captured | None = None
+    symbols: CostSymbols | None = None
+    missing_formulas: list[str] = field(default_factory=list)
+    chain: BlockChain | None = None
+    problem: Problem | None = None
+    plan: Plan | None = None
+    programs: list[StageProgram] = field(default_factory=list)
+    microbatches: int | None = None  # None: schedule_comm picks the count by simulation
+    schedule_choice: ScheduleChoice | None = None
+    stages: list[StageModule] = field(default_factory=list)
+
+    @property
+    def schedule(self) -> Schedule | None:
+        return None if self.schedule_choice is None else self.schedule_choice.schedule
+
+

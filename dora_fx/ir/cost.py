@@ -1,0 +1,32 @@
+"""The per-node cost record ``annotate_costs`` writes into ``node.meta[COST_KEY]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy
+
+__all__ = ["COST_KEY", "NodeCost"]
+
+COST_KEY = "dora.cost"
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """Cost of one FX node as sympy expressions in the dynamic dims (``batch``, ``seq``).
+
+    ``op_class`` is ``dense`` (matmul / conv / attention: compute-bound on most devices),
+    ``other`` (elementwise, normalization, reductions: memory-bound), or ``view`` (free:
+    reshapes, getitem, shape queries). ``has_formula`` is False when no FLOP formula exists for
+    the op; its FLOPs are then 0 and explain() lists it. ``misaligned_flops`` is ``flops``
+    for a matrix multiply whose output rows are not a whole number of 32-byte vectors (its
+    kernel runs slower: ``Device.misaligned_dense_efficiency``), else 0.
+    """
+
+    flops: sympy.Expr
+    bytes_moved: sympy.Expr
+    output_bytes: sympy.Expr
+    param_bytes: sympy.Expr
+    op_class: str
+    has_formula: bool = True
+    misaligned_flops: sympy.Expr = sympy.Integer(0)

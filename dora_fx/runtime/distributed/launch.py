@@ -1,0 +1,290 @@
+"""Launching a distributed run: one process per device on this machine, or under torchrun.
+
+``run_local(plan_dir, requests)`` starts one worker process per rank on 127.0.0.1 (each in its
+own session, so the whole group can be killed), streams the requests through the pipeline and
+returns a ``DistributedResult``. It never hangs: a rank that dies or hangs makes the others stop
+within ``timeout_s`` (their P2P waits time out or see the connection close), and the launcher
+kills what is left and raises ``RankFailedError`` naming the rank, its stage and its device.
+
+Under torchrun (several hosts work the same as one)::
+
+    torchrun --nnodes 1 --nproc-per-node 4 -m dora_fx.runtime.distributed.launch PLAN_DIR \
+        --requests requests.pt --out result.pt
+
+reads RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT from the environment; rank 0 writes the
+result. ``requests.pt`` is ``torch.save`` of a list of requests, each the flat list of user
+inputs (``runtime.local.flatten_inputs``).
+
+This module prepares a run and reads its result; starting, supervising and stopping the rank
+processes, and the worker side, live in ``runtime.rank_processes`` (``spawn_ranks`` and
+``run_worker`` are re-exported here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from ...cost_models.device import Device
+from ...errors import RankFailedError
+from ..inputs import args_kwargs, check_requests
+from .config import RunConfig
+from .supervisor import spawn_ranks
+from .wiring import rank_table
+from .worker import die_with_parent, run_worker, worker_main
+
+__all__ = [
+    "run_local",
+    "DistributedResult",
+    "free_port",
+    "host_device",
+    "spawn_ranks",
+    "run_worker",
+    "main",
+]
+
+
+@dataclass
+class DistributedResult:
+    """A distributed run: outputs per request (same pytree as the model's), latency and
+    throughput in device seconds (emulated time when emulation was on), and per-rank figures."""
+
+    outputs: list[Any]
+    latency_s: list[float]
+    throughput_rps: float
+    time_scale: float
+    ranks: list[dict[str, Any]]
+    wall_s: float
+    emulated: bool
+    notes: list[str] = field(default_factory=list)
+    schedule: str = ""  # the schedule the ranks executed (text form)
+
+    @property
+    def latency_p50_s(self) -> float:
+        return _quantile(self.latency_s, 0.5)
+
+    @property
+    def latency_p95_s(self) -> float:
+        return _quantile(self.latency_s, 0.95)
+
+    def table(self) -> str:
+        clock = "emulated device time" if self.emulated else "wall time"
+        lines = [
+            f"{len(self.latency_s)} requests, {clock} (time scale {self.time_scale:.3g}x, "
+            f"{self.wall_s:.1f} s wall)",
+            f"latency p50 {self.latency_p50_s * 1e3:.2f} ms   p95 {self.latency_p95_s * 1e3:.2f} ms   "
+            f"throughput {self.throughput_rps:.2f} req/s",
+            f"{'rank':>4} {'stage':>5} {'device':<14} {'items':>6} {'busy s':>9} {'util':>6} "
+            f"{'pred ms/item':>12} {'MB sent':>8}",
+        ]
+        span = len(self.latency_s) / self.throughput_rps if self.throughput_rps else 0.0
+        for r in self.ranks:
+            util = r["busy_s"] / span if span else 0.0
+            lines.append(
+                f"{r['rank']:>4} {r['stage']:>5} {r['device']:<14} {r['items']:>6} "
+                f"{r['busy_s']:>9.4f} {util:>6.1%} {r['predicted_item_s'] * 1e3:>12.3f} "
+                f"{r['bytes_sent'] / 1e6:>8.2f}"
+            )
+        return "\n".join(lines + self.notes)
+
+
+def _quantile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _check_port(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            raise RankFailedError(
+                f"the run could not start: port {port} on 127.0.0.1 is taken by another process; "
+                "pass port=0 (the default) to pick a free one"
+            ) from None
+
+
+def host_device(host: Device | str | Path | None) -> Device:
+    """The calibrated host the emulation scales from: a Device, a profile path, or None for
+    ``dora_fx.calibrate()``."""
+    if isinstance(host, Device):
+        return host
+    if host is not None:
+        return Device.from_profile(host)
+    from ...cost_models.calibrate import calibrate
+
+    found = calibrate()
+    return found if isinstance(found, Device) else Device.from_profile(found)
+
+
+def run_local(
+    plan_dir: str | Path,
+    requests: Sequence[Any],
+    *,
+    microbatches: int | None = None,
+    in_flight: int = 0,
+    rate_rps: float | None = None,
+    warmup: int = 3,
+    emulate: bool = True,
+    host: Device | str | Path | None = None,
+    compute_reference: str = "measured",
+    time_scale: float | None = None,
+    timeout_s: float = 60.0,
+    port: int = 0,
+    threads: int = 1,
+    keep_outputs: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    fault: dict[str, Any] | None = None,
+) -> DistributedResult:
+    """Run a saved plan with one process per device on 127.0.0.1.
+
+    ``requests``: each a tuple of positional inputs, or an ``(args, kwargs)`` pair, as the
+    model is called. Every rank executes its stage's schedule from the plan folder, cutting
+    each request into the schedule's microbatches; ``microbatches`` relowers that schedule for
+    another count (the result's notes say so). ``emulate``: stretch compute to each device's
+    predicted speed and shape transfers to the plan's network, paced by the schedule's
+    contention policy (needs ``host``, the calibrated host).
+    """
+    from ...artifact.folder import _load_spec, input_checks, read_manifest
+    from ..inputs import flatten_inputs
+    from .runner import rank_schedule
+
+    plan_dir = Path(plan_dir)
+    manifest = read_manifest(plan_dir)
+    in_spec, out_spec = _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"])
+    flat_requests = [flatten_inputs(*args_kwargs(r), in_spec) for r in requests]
+    compiled = rank_schedule(manifest).microbatches
+    m = microbatches or compiled
+    notes = [] if m == compiled else [
+        f"note: ran the plan's schedule relowered for {m} microbatch(es); it was compiled for "
+        f"{compiled}"
+    ]  # fmt: skip
+    check_requests(
+        input_checks(manifest), enumerate(flat_requests), m,
+        ", or pass microbatches= a smaller count",
+    )  # fmt: skip
+    if port:
+        _check_port(port)
+    with tempfile.TemporaryDirectory(prefix="dora_run_") as run_dir:
+        config = run_config(
+            plan_dir, run_dir, microbatches=microbatches, in_flight=in_flight,
+            rate_rps=rate_rps, warmup=warmup, timeout_s=timeout_s, emulate=emulate,
+            time_scale=time_scale, host=host, compute_reference=compute_reference,
+            threads=threads, keep_outputs=keep_outputs, fault=fault,
+        )  # fmt: skip
+        torch.save(flat_requests, config.requests_path)
+        started = time.monotonic()
+        _spawn_and_wait(config, manifest, run_dir, port or free_port(), progress)
+        wall_s = time.monotonic() - started
+        raw = torch.load(os.path.join(run_dir, "result.pt"), weights_only=True)
+    return DistributedResult(
+        outputs=[pytree.tree_unflatten(flat, out_spec) for flat in raw["outputs"] if flat],
+        latency_s=raw["latency_s"],
+        throughput_rps=raw["throughput_rps"],
+        time_scale=raw["time_scale"],
+        ranks=raw["ranks"],
+        wall_s=wall_s,
+        emulated=emulate,
+        notes=notes,
+        schedule=raw.get("schedule", ""),
+    )
+
+
+def run_config(
+    plan_dir: str | Path,
+    run_dir: str,
+    *,
+    emulate: bool = True,
+    host: Device | str | Path | None = None,
+    **options: Any,
+) -> RunConfig:
+    """The ``RunConfig`` of a run of ``plan_dir`` whose files live in ``run_dir``; ``options``
+    are ``RunConfig`` fields (``run_local``'s keywords)."""
+    return RunConfig(
+        plan_dir=str(Path(plan_dir).resolve()),
+        requests_path=os.path.join(run_dir, "requests.pt"),
+        result_path=os.path.join(run_dir, "result.pt"),
+        progress_path=os.path.join(run_dir, "progress"),
+        ledger_path=os.path.join(run_dir, "ledger"),
+        emulate=emulate,
+        host=host_device(host).to_json() if emulate else None,
+        **options,
+    )
+
+
+def _spawn_and_wait(
+    config: RunConfig,
+    manifest: dict[str, Any],
+    run_dir: str,
+    port: int,
+    progress: Callable[[int, int], None] | None,
+    procs: list[subprocess.Popen[bytes]] | None = None,
+) -> None:
+    from ...ir.plan import Plan
+
+    spawn_ranks(
+        "dora_fx.runtime.distributed.launch", config.to_json(), rank_table(Plan.from_json(manifest["plan"])),
+        run_dir, port, progress, timeout_s=config.timeout_s, threads=config.threads,
+        progress_path=config.progress_path, procs=procs,
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dora_fx.runtime.distributed.launch")
+    parser.add_argument("--worker", metavar="CONFIG_JSON", help="(launcher internal)")
+    parser.add_argument("plan_dir", nargs="?")
+    parser.add_argument("--requests", help="torch.save'd list of flat input lists")
+    parser.add_argument("--out", help="where rank 0 writes the result (torch.save)")
+    parser.add_argument(
+        "--microbatches", type=int, default=None, help="relower the plan's schedule for this many"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--emulate", action="store_true", help="emulate devices (one host only)")
+    parser.add_argument("--host-profile", help="calibrated host profile JSON (for --emulate)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        die_with_parent()
+        return worker_main(RunConfig.from_json(json.loads(Path(args.worker).read_text())))
+    if not args.plan_dir or not args.requests:
+        parser.error("PLAN_DIR and --requests are required under torchrun")
+    out = args.out or "dora_result.pt"
+    config = RunConfig(
+        plan_dir=args.plan_dir,
+        requests_path=args.requests,
+        result_path=out,
+        microbatches=args.microbatches,
+        timeout_s=args.timeout,
+        emulate=args.emulate,
+        host=host_device(args.host_profile).to_json() if args.emulate else None,
+        ledger_path=os.path.join(
+            tempfile.gettempdir(), f"dora_ledger_{os.environ.get('MASTER_PORT', '0')}"
+        ),
+    )
+    return worker_main(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

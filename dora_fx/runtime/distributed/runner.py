@@ -1,0 +1,175 @@
+"""Distributed runtime, schedule: one rank executing its stage's action list.
+
+Every rank reads the schedule from plan.json (``stages[k]["schedule"]``, one entry per stage;
+``rank_schedule``) and executes its stage's actions once per request, microbatch ``mb`` of
+request ``r`` being item ``r * microbatches + mb`` of the transport:
+
+* ``POST``: registers the receive (``DistTransport.post``; receiver threads always have one
+  posted);
+* ``WAIT``: blocks until the value has arrived (all its chunks, all the pieces of a
+  data-parallel sender group) and hands it to the segments;
+* ``F<k>``: runs segment ``k`` of the stage (``runtime.segments``: the saved forward's
+  statements between its segment marks) under the compute stretch of emulation; the first
+  segment of an item takes the item's user inputs, the last one returns the stage's outputs,
+  which go to rank 0;
+* ``SEND``: hands the value the segments produced to the transport, in the action's chunks,
+  without blocking;
+* ``SENT``: blocks until that send has left (emulated: its last bit left the emulated link).
+
+Between requests the schedule is software-pipelined the way the ``overlap`` lowering
+pipelines microbatches (SENT of microbatch ``k - 1`` after the compute of ``k``): the SENTs of
+request ``r``'s last microbatch that close its list are executed after the first segment of
+request ``r + 1``, so the device computes the next request while the last sends drain, as the
+simulator of schedules (``sim.scheduled``) has it. Under the ``naive`` policy nothing is
+deferred. Every executed action is recorded (``trace``), so a test
+can check that a rank ran its list in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ...ir.comm_ops import use_transport
+from ...ir.lowering import Step, lower, relower
+from ...ir.schedule import Action, Kind, Schedule, ScheduleError, StageSchedule
+from ..compute_emulation import ComputeStretch
+from ..cost_recorder import CostRecorder, OpCost
+from ..segments import SegmentProgram, StageView
+from .transport import DistTransport, Sending
+
+__all__ = ["rank_schedule", "StageRunner", "TRACE_LIMIT"]
+
+TRACE_LIMIT = 4096  # executed actions kept per rank
+
+
+def rank_schedule(manifest: dict[str, Any], microbatches: int | None = None) -> Schedule:
+    """The run's schedule: the one in plan.json (relowered when ``microbatches`` asks for
+    another count), or, for a plan saved without one, each stage whole (receive everything,
+    compute, send) for one microbatch."""
+    entries = [e.get("schedule") for e in manifest["stages"]]
+    if all(entries):
+        schedule = Schedule.from_stage_entries(entries)  # type: ignore[arg-type]
+    else:
+        steps = [
+            [Step("recv", r["tag"], r["peer"]) for r in e.get("recvs", [])]
+            + [Step("compute", 0)]
+            + [Step("send", t["tag"], t["peer"]) for t in e.get("sends", [])]
+            for e in manifest["stages"]
+        ]
+        schedule = lower(steps, 1, "overlap", "fair")
+    return relower(schedule, microbatches or schedule.microbatches)
+
+
+@dataclass
+class _Item:
+    """What one microbatch of one request has in flight on this rank."""
+
+    view: StageView
+    state: Any = None
+    cpu_s: float = 0.0
+    sendings: dict[tuple[int, int], list[Sending]] = field(default_factory=dict)
+
+
+class StageRunner:
+    """Executes one stage's actions, request after request (see the module doc)."""
+
+    def __init__(
+        self,
+        stage: int,
+        actions: StageSchedule,
+        pipelined: bool,
+        microbatches: int,
+        program: SegmentProgram,
+        transport: DistTransport,
+    ) -> None:
+        if actions.segments_used() != program.count:
+            raise ScheduleError(
+                f"stage {stage} has {program.count} segment(s) but its schedule computes "
+                f"{actions.segments_used()}"
+            )
+        self.stage, self.actions, self.m = stage, actions.actions, microbatches
+        self.program, self.transport = program, transport
+        self.stretch = ComputeStretch(None)
+        last_compute = max(i for i, a in enumerate(self.actions) if a.kind is Kind.COMPUTE)
+        last_mb = max(a.mb for a in self.actions)
+        self._deferrable = {
+            i for i in range(last_compute + 1, len(self.actions))
+            if pipelined and self.actions[i].kind is Kind.SENT and self.actions[i].mb == last_mb
+        }  # fmt: skip
+        self._items: dict[int, _Item] = {}
+        self._deferred: list[tuple[int, Action]] = []  # (request, SENT) of the previous request
+        self.trace: list[tuple[int, str, float, float]] = []  # request, action, start, end
+        self.record_item: int | None = None  # the item whose ops are recorded
+        self.recorded: list[OpCost] = []
+        self.on_item_done: Callable[[int, float], None] | None = None  # item, compute CPU s
+
+    def run_request(self, request: int) -> None:
+        flushed = not self._deferred
+        for i, action in enumerate(self.actions):
+            if i in self._deferrable:
+                self._deferred.append((request, action))
+                continue
+            self._execute(request, action)
+            if not flushed and action.kind is Kind.COMPUTE:
+                self.flush()
+                flushed = True
+
+    def flush(self) -> None:
+        """Execute the SENTs deferred from the previous request."""
+        deferred, self._deferred = self._deferred, []
+        for request, action in deferred:
+            self._execute(request, action)
+
+    def _execute(self, request: int, action: Action) -> None:
+        item = request * self.m + action.mb
+        state = self._items.get(item)
+        if state is None:
+            state = self._items[item] = _Item(StageView(self.stage, action.mb))
+        started = time.monotonic()
+        transport = self.transport
+        if action.kind is Kind.POST:
+            transport.post(item, action.peer, action.index)
+        elif action.kind is Kind.WAIT:
+            value = transport.wait(item, action.peer, action.index)
+            state.view.received[(action.peer, action.index)] = value
+        elif action.kind is Kind.COMPUTE:
+            self._compute(item, state, action.index)
+        elif action.kind is Kind.SEND:
+            tensor = state.view.take(action.peer, action.index, action)
+            key = (action.peer, action.index)
+            state.sendings[key] = transport.send(item, tensor, action.peer, action.index, action.chunks)
+        else:
+            transport.sent(state.sendings.pop((action.peer, action.index)))
+        if len(self.trace) < TRACE_LIMIT:
+            self.trace.append((request, str(action), started, time.monotonic()))
+        if state.state is _DONE and not state.sendings and not state.view.outbox:
+            del self._items[item]
+
+    def _compute(self, item: int, state: _Item, segment: int) -> None:
+        if state.state is None:
+            state.state = self.program.start(self.transport.inputs(item))
+        recorder = CostRecorder() if item == self.record_item else None
+        cpu_before = self.stretch.busy_cpu_s
+        self.stretch.resume()
+        with torch.no_grad(), use_transport(state.view):  # type: ignore[arg-type]
+            if recorder is not None:
+                with recorder:
+                    outputs = self.program.run(state.state, segment)
+                self.recorded += recorder.ops
+            else:
+                outputs = self.program.run(state.state, segment)
+        self.stretch.settle()
+        state.cpu_s += self.stretch.busy_cpu_s - cpu_before
+        if outputs is not None:
+            self.transport.send_outputs(item, outputs)
+            state.state = _DONE
+            if self.on_item_done is not None:
+                self.on_item_done(item, state.cpu_s)
+
+
+_DONE = object()  # an item whose segments have all run

@@ -1,0 +1,115 @@
+"""Distributed runtime, wiring: which rank runs which stage, and what each stage sends where.
+
+Ranks follow the plan (``rank_table``: stage major, then the devices of a data-parallel group).
+``StageWiring`` is what plan.json says about every stage: its ranks, the batch dims of the
+tensors it sends and receives, the user inputs it uses and the outputs it returns.
+Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
+(``split_sizes``) of the request's rows (``batch_rows``). ``distributed_transport`` moves the
+tensors along this wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ...ir.plan import Plan
+
+__all__ = ["RankInfo", "rank_table", "split_sizes", "StageWiring"]
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    rank: int
+    stage: int
+    slot: int  # position in the stage's data-parallel group
+    device: str
+    shares: tuple[float, ...]  # the group's shares
+
+    def describe(self) -> str:
+        group = f" slot {self.slot}" if len(self.shares) > 1 else ""
+        return f"rank {self.rank} (stage {self.stage}{group} on device {self.device!r})"
+
+
+def rank_table(plan: Plan) -> list[RankInfo]:
+    """Ranks in stage order, then device order within a stage."""
+    table: list[RankInfo] = []
+    for stage in plan.stages:
+        for slot, device in enumerate(stage.devices):
+            table.append(RankInfo(len(table), stage.index, slot, device, stage.shares))
+    return table
+
+
+def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
+    """Rows of a batch per slot: proportional to the shares (largest remainder), at least one
+    each, so every slot of a data-parallel group has work."""
+    if len(shares) == 1:
+        return [batch]
+    if batch < len(shares):
+        raise ValueError(
+            f"a batch of {batch} cannot be split over a data-parallel group of {len(shares)} "
+            "devices; send batches (or microbatches) of at least that many rows"
+        )
+    raw = [s * batch / sum(shares) for s in shares]
+    sizes = [max(1, int(r)) for r in raw]
+    while sum(sizes) < batch:
+        sizes[max(range(len(raw)), key=lambda i: raw[i] - sizes[i])] += 1
+    while sum(sizes) > batch:
+        sizes[
+            max((i for i in range(len(raw)) if sizes[i] > 1), key=lambda i: sizes[i] - raw[i])
+        ] -= 1
+    return sizes
+
+
+@dataclass
+class StageWiring:
+    """What plan.json says about every stage: its ranks and its tensors' batch dims."""
+
+    table: list[RankInfo]
+    send_dims: dict[int, dict[tuple[int, int], int | None]]  # stage -> (peer, tag) -> batch dim
+    recv_dims: dict[int, dict[tuple[int, int], int | None]]
+    output_dims: dict[int, int | None]  # user output position -> batch dim
+    input_stages: dict[int, list[int]]  # stage -> user input positions it uses
+    output_stages: dict[int, list[int]]  # stage -> user output positions it returns
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> StageWiring:
+        plan = Plan.from_json(manifest["plan"])
+        send_dims, recv_dims, output_dims = {}, {}, {}
+        inputs, outputs = {}, {}
+        for entry in manifest["stages"]:
+            index = entry["index"]
+            send_dims[index] = {(s["peer"], s["tag"]): _batch_dim(s) for s in entry["sends"]}
+            recv_dims[index] = {(r["peer"], r["tag"]): _batch_dim(r) for r in entry["recvs"]}
+            for position, spec in zip(entry["output_indices"], entry["outputs"]):
+                output_dims[position] = None if spec is None else spec.get("batch_dim")
+            inputs[index] = list(entry["input_indices"])
+            outputs[index] = list(entry["output_indices"])
+        return cls(rank_table(plan), send_dims, recv_dims, output_dims, inputs, outputs)
+
+    @property
+    def num_stages(self) -> int:
+        return 1 + max(r.stage for r in self.table)
+
+    def ranks_of(self, stage: int) -> list[RankInfo]:
+        return [r for r in self.table if r.stage == stage]
+
+    def links(self) -> set[tuple[int, int]]:
+        """Every (sending rank, receiving rank) pair that can carry a tensor."""
+        pairs: set[tuple[int, int]] = set()
+        for info in self.table:
+            for peer, _ in self.send_dims[info.stage]:
+                pairs.update((info.rank, r.rank) for r in self.ranks_of(peer))
+            if self.input_stages[info.stage]:
+                pairs.add((0, info.rank))
+            if self.output_stages[info.stage]:
+                pairs.add((info.rank, 0))
+        return {(a, b) for a, b in pairs if a != b}
+
+
+def _batch_dim(entry: dict[str, Any]) -> int | None:
+    spec = entry.get("tensor")
+    return None if spec is None else spec.get("batch_dim")
+
+
