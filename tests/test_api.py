@@ -44,3 +44,18 @@ def test_explain_shows_the_adapter_mixture_under_load():
     composition = compiled.adapter().composition
     assert composition.feasible
     assert abs(composition.served_rps - 50.0) < 1e-6
+
+
+def test_an_nn_sequential_saves_and_loads(tmp_path):
+    """nn.Sequential names its weights '0.weight', '2.weight': the stage source must spell
+    them as identifiers (the saved stage_0.py was a SyntaxError)."""
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)
+    ).eval()
+    x = torch.randn(4, 16)
+    compiled = dora_fx.compile(
+        model, dora_fx.scenarios.smart_home(), num_stages=2, example_inputs=(x,)
+    )
+    loaded = dora_fx.load(compiled.save(tmp_path / "plan"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

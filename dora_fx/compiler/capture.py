@@ -11,6 +11,7 @@ linearly in the batch, see annotate_costs).
 
 from __future__ import annotations
 
+import keyword
 import operator
 import re
 import warnings
@@ -268,7 +269,12 @@ def _as_tuple(value: Any) -> tuple[Any, ...]:
 
 
 def _unique_attr(root: torch.nn.Module, target: str) -> str:
+    """An attribute name for state_dict key ``target`` that the generated stage source can
+    spell: ``layers.0.weight`` -> ``layers_0_weight``, ``2.weight`` (nn.Sequential) ->
+    ``p_2_weight``."""
     base = re.sub(r"\W", "_", target)
+    if not base.isidentifier() or keyword.iskeyword(base):
+        base = f"p_{base}"
     name, k = base, 1
     while hasattr(root, name):
         name, k = f"{base}_{k}", k + 1
