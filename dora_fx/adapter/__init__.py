@@ -3,9 +3,11 @@
 * ``traces``: scenario traces (bandwidth, device leave/join, load), text/JSON round trip;
 * ``plans``: the adapter's plan set (the planner's, plus single-device plans and copies on
   identical devices);
+* ``figures``: each plan's figures under the conditions now, and its headroom;
+* ``compose_program``: the composition program, for HiGHS; ``compose_reference`` the same in
+  cvxpy (``compose_cvxpy``);
 * ``compose``: ``Composer``, the rates each plan serves (capacity, SLO, objective), and its
   ``Composition.describe()``;
-* ``compose_program``: the composition program, for HiGHS and in cvxpy (``compose_cvxpy``);
 * ``monitor``: moving averages, heartbeats, drift;
 * ``core``: ``Adapter`` (decide, re-plan in the background, explain);
 * ``dispatcher``: ``MultiPlanDispatcher`` (weighted round robin, exactly once by request id,
@@ -13,8 +15,8 @@
 * ``replay``: the trace replay on the simulator (static vs re-plan vs adapter).
 """
 
-from .compose import Composer, Composition, PlanFigures, plan_figures
-from .compose_program import compose_cvxpy
+from .compose import Composer, Composition
+from .compose_reference import compose_cvxpy
 from .core import Adapter
 from .dispatcher import (
     DispatchResult,
@@ -24,6 +26,7 @@ from .dispatcher import (
     SessionExecutor,
     WeightedRoundRobin,
 )
+from .figures import PlanFigures, plan_figures
 from .monitor import Drift, Ewma, Monitor
 from .plans import (
     adapter_plans,

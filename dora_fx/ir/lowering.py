@@ -1,20 +1,14 @@
-"""Lowering: a stage graph cut into segments and steps, and steps lowered into a ``Schedule``.
-
-See ``ir.schedule`` for the IR and its text form. Every function here is pure: the same stage
-graph (or steps), microbatch count and policy give the same schedule.
-"""
+"""Lowering: one microbatch's steps of every stage (``ir.stage_graph`` reads them off the stage
+graphs) lowered into a ``Schedule`` (``ir.schedule``: the IR and its text form), and a schedule
+relowered for another microbatch count. Every function here is pure: the same steps,
+microbatch count and policy give the same schedule."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-import torch.fx
-
-from .comm_ops import RECV, SEND
 from .schedule import POLICIES, Action, Kind, Schedule, ScheduleError, StageSchedule
 
 __all__ = [
@@ -24,11 +18,8 @@ __all__ = [
     "lower_stage",
     "relower",
     "schedule_steps",
-    "segments",
-    "stage_steps",
 ]
 
-# -- from a stage graph to steps ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -42,75 +33,6 @@ class Step:
     peer: int = -1
     nbytes: int = 0
     chunks: int = 0
-
-
-def _is_work(node: torch.fx.Node) -> bool:
-    return node.op in ("call_function", "call_method", "call_module") and node.target not in (
-        RECV,
-        SEND,
-    )
-
-
-def segments(graph: torch.fx.Graph, split: bool = True) -> list[list[torch.fx.Node]]:
-    """The graph's nodes (output excluded) cut into segments: a new segment starts at a
-    receive once the current one has work or sends, and at work after a send. With
-    ``split=False``, one segment (data-parallel stages run whole)."""
-    cut: list[list[torch.fx.Node]] = [[]]
-    has_work = has_send = False
-    for node in graph.nodes:
-        if node.op == "output":
-            continue
-        if split and (
-            (node.target is RECV and (has_work or has_send)) or (_is_work(node) and has_send)
-        ):
-            cut.append([])
-            has_work = has_send = False
-        cut[-1].append(node)
-        has_work |= _is_work(node)
-        has_send |= node.target is SEND
-    return cut
-
-
-def _nbytes(value: Any) -> int:
-    if not isinstance(value, torch.Tensor):
-        return 8
-    numel = 1
-    for size in value.shape:
-        numel *= _hint(size)
-    return numel * value.element_size()
-
-
-def _hint(size: Any) -> int:
-    if isinstance(size, torch.SymInt):
-        hint = size.node.hint
-        return int(hint) if hint is not None else 1
-    return int(size)
-
-
-def _int(value: Any) -> int:
-    assert isinstance(value, int)
-    return value
-
-
-def _val(arg: Any) -> Any:
-    return arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
-
-
-def stage_steps(graph: torch.fx.Graph, split: bool = True) -> list[Step]:
-    steps = []
-    for k, segment in enumerate(segments(graph, split)):
-        steps += [
-            Step("recv", _int(n.kwargs["tag"]), _int(n.kwargs["peer"]))
-            for n in segment
-            if n.target is RECV
-        ]
-        steps.append(Step("compute", k))
-        steps += [
-            Step("send", _int(n.kwargs["tag"]), _int(n.kwargs["peer"]), _nbytes(_val(n.args[0])))
-            for n in segment
-            if n.target is SEND
-        ]
-    return steps
 
 
 # -- lowering -------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import torch
 import torch.fx
 
-from ..ir.lowering import segments
 from ..ir.schedule import ScheduleError
+from ..ir.stage_graph import segments
 
 __all__ = ["StageView", "SegmentProgram", "GraphSegments", "SourceSegments", "segment_program"]
 

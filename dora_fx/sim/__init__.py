@@ -2,7 +2,8 @@
 throughput, energy, utilization, peak memory, and timelines (Gantt PNG, Chrome trace)."""
 
 from .config import SimConfig
-from .result import ComputeEvent, FlowEvent, SimResult
+from .events import ComputeEvent, FlowEvent
+from .result import SimResult
 from .simulator import simulate
 
 __all__ = [

@@ -4,40 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..cost_models.energy import EnergyBreakdown
+from .events import ComputeEvent, FlowEvent
+from .timeline import chrome_trace, write_chrome_trace, write_gantt_png
 
 if TYPE_CHECKING:
     from .config import SimConfig
 
 __all__ = ["ComputeEvent", "FlowEvent", "SimResult"]
-
-
-class ComputeEvent(NamedTuple):
-    device: str
-    start_s: float
-    end_s: float
-    request: int
-    microbatch: int
-    stage: int
-
-
-class FlowEvent(NamedTuple):
-    """A transfer: bits leave ``src`` over ``[start_s, end_s)`` and are all at ``dst`` at
-    ``arrive_s`` (``end_s`` + path latency). ``to_stage`` is past the last stage for the sink."""
-
-    src: str
-    dst: str
-    start_s: float
-    end_s: float
-    arrive_s: float
-    request: int
-    microbatch: int
-    to_stage: int
-    nbytes: float
 
 
 @dataclass
@@ -117,16 +95,10 @@ class SimResult:
         return "\n".join(lines)
 
     def chrome_trace(self) -> dict[str, Any]:
-        from .timeline import chrome_trace
-
         return chrome_trace(self)
 
     def write_chrome_trace(self, path: str | Path) -> Path:
-        from .timeline import write_chrome_trace
-
         return write_chrome_trace(self, path)
 
     def write_gantt_png(self, path: str | Path, max_requests: int = 20) -> Path:
-        from .timeline import write_gantt_png
-
         return write_gantt_png(self, path, max_requests)

@@ -34,8 +34,9 @@ from ..cost_models.energy import EnergyBreakdown, energy_breakdown
 from ..errors import PlanError
 from ..ir.plan import Plan
 from .config import SimConfig
+from .events import ComputeEvent, FlowEvent
 from .fluid import FluidNetwork
-from .result import ComputeEvent, FlowEvent, SimResult
+from .result import SimResult
 
 __all__ = ["SimConfig", "simulate"]
 

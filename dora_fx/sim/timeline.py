@@ -8,17 +8,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .result import SimResult
+from .events import ComputeEvent, FlowEvent
 
-__all__ = ["chrome_trace", "write_chrome_trace", "write_gantt_png"]
+__all__ = ["Timeline", "chrome_trace", "write_chrome_trace", "write_gantt_png"]
+
+
+class Timeline(Protocol):
+    """What the exports read of a run (``sim.result.SimResult`` is one)."""
+
+    plan_name: str
+    busy_s: dict[str, float]
+    compute_events: list[ComputeEvent]
+    flow_events: list[FlowEvent]
+    medium_of: dict[str, str]
+
+    @property
+    def requests(self) -> int: ...
+
+    def to_json(self) -> dict[str, Any]: ...
 
 _COMPUTE, _SEND, _RECV = 1, 2, 3
 
 
-def chrome_trace(result: SimResult) -> dict[str, Any]:
+def chrome_trace(result: Timeline) -> dict[str, Any]:
     devices = list(result.busy_s)
     for e in result.flow_events:
         for name in (e.src, e.dst):
@@ -116,14 +130,14 @@ def _span(
     }
 
 
-def write_chrome_trace(result: SimResult, path: str | Path) -> Path:
+def write_chrome_trace(result: Timeline, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(chrome_trace(result)))
     return path
 
 
-def write_gantt_png(result: SimResult, path: str | Path, max_requests: int = 20) -> Path:
+def write_gantt_png(result: Timeline, path: str | Path, max_requests: int = 20) -> Path:
     """One row per device (compute) and one per device's outgoing transfers, colored by stage,
     for the first ``max_requests`` requests."""
     import matplotlib

@@ -162,7 +162,7 @@ def test_trace_text_and_json_round_trip():
 
 
 def test_headroom_follows_the_arrivals_and_the_slo_slack():
-    from dora_fx.adapter.compose import PERIODIC_CAP, POISSON_CAP, headroom
+    from dora_fx.adapter.figures import PERIODIC_CAP, POISSON_CAP, headroom
 
     assert headroom(0.010, 0.008, 0.020, "periodic") == PERIODIC_CAP
     rho = headroom(0.010, 0.008, 0.020, "poisson")
@@ -174,7 +174,7 @@ def test_headroom_follows_the_arrivals_and_the_slo_slack():
 
 
 def test_poisson_arrivals_keep_each_plan_under_its_headroom():
-    from dora_fx.adapter.compose import headroom
+    from dora_fx.adapter.figures import headroom
 
     problem = _problem(rate=1.0)
     plans = adapter_plans(_solo(problem)[:1], problem)

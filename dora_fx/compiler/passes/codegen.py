@@ -17,9 +17,9 @@ from torch.fx.graph_module import _format_import_block
 from torch.package import sys_importer
 
 from ...ir.comm_ops import RECV, SEND
-from ...ir.lowering import segments
 from ...ir.plan import Plan
 from ...ir.schedule import Schedule
+from ...ir.stage_graph import segments
 from .insert_comm import StageProgram
 
 __all__ = ["stage_source", "stage_class_name"]

@@ -27,9 +27,10 @@ import torch.fx
 from ...analysis.evaluate import Metrics
 from ...analysis.problem import Problem
 from ...ir.comm_ops import RECV, SEND
-from ...ir.lowering import Step, lower, stage_steps
+from ...ir.lowering import Step, lower
 from ...ir.plan import Plan
 from ...ir.schedule import CHUNK_BYTES, Schedule
+from ...ir.stage_graph import stage_steps
 from ...sim.result import SimResult
 from ...sim.scheduled import schedule_metrics
 

@@ -19,8 +19,8 @@ import torch.fx
 from ...errors import VerificationError
 from ...ir.comm_ops import RECV, SEND
 from ...ir.execute import execute
-from ...ir.lowering import segments
 from ...ir.schedule import Action, Kind, Schedule, ScheduleError
+from ...ir.stage_graph import segments
 
 if TYPE_CHECKING:
     from ..state import CompileState
