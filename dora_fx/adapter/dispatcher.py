@@ -22,7 +22,6 @@ to a plan that is already warm; ``LauncherExecutor`` instead runs each batch as 
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import DoraError, RankFailedError
+from ..errors import DeviceLost, DoraError, RankFailedError
 from .compose import Composition
 
 __all__ = [
@@ -269,7 +268,6 @@ class MultiPlanDispatcher:
         return len(batches)
 
 
-_DEVICE = re.compile(r"on device '([^']+)'")
 # what a batch's thread reports: plan, request ids, answers, a lost-device failure, another error
 _Event = tuple[str, list[int], dict[int, Any], PlanFailure | None, BaseException | None]
 
@@ -399,7 +397,8 @@ def _plan_failure(
     runs: list[dict[str, Any]], plan: str, items: int, started: float, exc: RankFailedError
 ) -> PlanFailure:
     """Record a failed batch in ``runs``; the ``PlanFailure`` naming the device the launcher
-    blamed (none when it named none) and the answers given first."""
+    blamed (``DeviceLost``; none when it blamed no device) and the answers given first."""
     runs.append({"plan": plan, "items": items, "failed": True,
                  "wall_s": time.monotonic() - started})  # fmt: skip
-    return PlanFailure(plan, _DEVICE.findall(str(exc))[:1], str(exc), exc.answered)
+    devices = [exc.device] if isinstance(exc, DeviceLost) else []
+    return PlanFailure(plan, devices, str(exc), exc.answered)

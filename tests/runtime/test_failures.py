@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dora_fx.errors import RankFailedError
+from dora_fx.errors import DeviceLost, RankFailedError
 from dora_fx.runtime.distributed.launch import run_local
 
 TIMEOUT_S = 4.0
@@ -43,11 +43,14 @@ def test_a_failed_rank_stops_the_run_with_its_name(mlp2_plan, kind, expected):
     requests = [(torch.randn(4, 64),) for _ in range(8)]
     before = _children()
     started = time.monotonic()
-    with pytest.raises(RankFailedError, match=expected):
+    with pytest.raises(RankFailedError, match=expected) as failure:
         run_local(
             folder, requests, emulate=False, timeout_s=TIMEOUT_S,
             fault={"rank": 1, "item": 3, "kind": kind},
         )
+    # typed, for the runtime adapter: which rank, stage and device were lost
+    assert isinstance(failure.value, DeviceLost)
+    assert (failure.value.rank, failure.value.stage, failure.value.device) == (1, 1, "laptop")
     # startup (~10 s on 2 idle cores, several times that when shared) + the timeout + the
     # launcher's grace: a generous bound that still catches a hang
     assert time.monotonic() - started < 3 * TIMEOUT_S + 60

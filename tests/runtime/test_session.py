@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from dora_fx.errors import RankFailedError
+from dora_fx.errors import DeviceLost, RankFailedError
 from dora_fx.runtime.distributed.inbox import HEARTBEAT_S
 from dora_fx.runtime.distributed.session import Session
 
@@ -48,6 +48,7 @@ def test_a_killed_rank_ends_the_session_keeping_earlier_answers(mlp2_plan):
         with pytest.raises(RankFailedError, match="rank 1") as failure:
             session.wait([rid for rid, _ in requests[3:]], timeout_s=120)
         answered = failure.value.answered
+        assert isinstance(failure.value, DeviceLost) and failure.value.device == "laptop"
         assert set(answered) <= {3, 4} and all(rid in {3, 4} for rid in answered)
     finally:
         session.close()

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from ...errors import RankFailedError
+from ...errors import DeviceLost, RankFailedError
 from .inbox import POLL_S, atomic_save
 
 __all__ = ["Session"]
@@ -132,7 +132,11 @@ class Session:
                 break
             if self.error is not None or not self._thread.is_alive():
                 cause = self.error or RuntimeError("the session ended before answering")
-                failure = RankFailedError(str(cause))
+                failure = (
+                    DeviceLost(str(cause), rank=cause.rank, stage=cause.stage, device=cause.device)
+                    if isinstance(cause, DeviceLost)
+                    else RankFailedError(str(cause))
+                )
                 failure.answered = got
                 raise failure from cause
             if time.monotonic() > deadline:

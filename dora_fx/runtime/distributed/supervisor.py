@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...errors import RankFailedError
+from ...errors import DeviceLost, RankFailedError
 
 __all__ = ["spawn_ranks", "kill_all"]
 
@@ -42,7 +42,7 @@ def spawn_ranks(
 ) -> None:
     """Start ``python -m worker_module --worker CONFIG`` once per rank of ``table`` (each entry
     has ``rank`` and ``describe()``) on 127.0.0.1 and wait for all; on a failure, stop every
-    rank and raise ``RankFailedError`` naming the culprit (see ``run_local``). ``procs``: a
+    rank and raise ``DeviceLost`` naming the culprit (its rank, stage and device) (see ``run_local``). ``procs``: a
     list the started processes are added to (so another thread can stop them)."""
     config_path = os.path.join(run_dir, "config.json")
     Path(config_path).write_text(json.dumps(config))
@@ -145,10 +145,14 @@ def _failure(rank: int, code: int, table: list[Any], run_dir: str) -> RankFailed
     else:
         witness = reports[rank]["message"] if rank in reports else ""
         message = f"{who} died or hung; {witness}"
-    return RankFailedError(
+    text = (
         f"distributed run stopped: {message}. All ranks were stopped; run again with a larger "
         "timeout_s if that stage is legitimately slow"
     )
+    blamed = table[culprit]
+    if hasattr(blamed, "stage") and hasattr(blamed, "device"):
+        return DeviceLost(text, rank=blamed.rank, stage=blamed.stage, device=blamed.device)
+    return RankFailedError(text)
 
 
 def _log_tail(run_dir: str, rank: int, lines: int = 5) -> str:
