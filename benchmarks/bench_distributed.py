@@ -58,7 +58,6 @@ def data_parallel(folder: Path, groups: dict[int, tuple[list[str], list[float]]]
     manifest = json.loads((folder / "plan.json").read_text())
     for stage, (devices, shares) in groups.items():
         manifest["plan"]["stages"][stage].update(devices=devices, shares=shares)
-        manifest["stages"][stage]["devices"] = devices
     (folder / "plan.txt").write_text(dora_fx.Plan.from_json(manifest["plan"]).to_text() + "\n")
     manifest["files"]["plan.txt"] = hashlib.sha256((folder / "plan.txt").read_bytes()).hexdigest()
     (folder / "plan.json").write_text(json.dumps(manifest, indent=2))

@@ -61,8 +61,6 @@ def save_folder(
                 "aliases": aliases,
                 "input_indices": stage.input_indices,
                 "output_indices": stage.output_indices,
-                "devices": list(stage.devices),
-                "shares": list(stage.shares),
                 **stage.transfers,
             }
         )
@@ -108,7 +106,7 @@ def load_stage(path: str | Path, index: int) -> tuple[StageModule, dict[str, Any
         )
     entry = entries[index]
     verify_files(folder, manifest, names={entry["source"], entry["weights"]})
-    return _load_stage(folder, entry), manifest
+    return _load_stage(folder, entry, Plan.from_json(manifest["plan"])), manifest
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -149,7 +147,8 @@ def verify_files(folder: Path, manifest: dict[str, Any], names: set[str] | None 
             )
 
 
-def _load_stage(folder: Path, entry: dict[str, Any]) -> StageModule:
+def _load_stage(folder: Path, entry: dict[str, Any], plan: Plan) -> StageModule:
+    """Stage ``entry`` of the folder; its devices and shares are the plan's (one source)."""
     source = folder / entry["source"]
     module_name = f"_dora_stage_{_sha256(source)[:12]}_{entry['index']}"
     spec = importlib.util.spec_from_file_location(module_name, source)
@@ -172,13 +171,13 @@ def _load_stage(folder: Path, entry: dict[str, Any]) -> StageModule:
         module=stage,
         input_indices=list(entry["input_indices"]),
         output_indices=list(entry["output_indices"]),
-        devices=tuple(entry["devices"]),
+        devices=plan.stages[entry["index"]].devices,
         code=source.read_text(),
         transfers={
             **{k: entry.get(k, []) for k in ("sends", "recvs", "outputs")},
             **({"schedule": entry["schedule"]} if "schedule" in entry else {}),
         },
-        shares=tuple(entry.get("shares", [1.0])),
+        shares=plan.stages[entry["index"]].shares,
     )
 
 

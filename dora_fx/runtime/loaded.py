@@ -41,7 +41,8 @@ def load(path: str | Path) -> LoadedModel:
     folder = Path(path)
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
-    stages = [_load_stage(folder, entry) for entry in manifest["stages"]]
+    plan = Plan.from_json(manifest["plan"])
+    stages = [_load_stage(folder, entry, plan) for entry in manifest["stages"]]
     return LoadedModel(folder, manifest, stages)
 
 

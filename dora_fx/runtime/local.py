@@ -52,13 +52,17 @@ class LocalPipeline:
             None if s is None else list(s) for s in input_shapes
         ] or [None] * len(self.input_meta)
         self.num_outputs = sum(len(s.output_indices) for s in self.stages)
+        # rows of the last call each device computed (a data-parallel member: its share)
+        self.last_rows: dict[str, int] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flat = flatten_inputs(args, kwargs, self.in_spec)
         self._check_tensors(flat)
         if all(s.schedule_entry for s in self.stages):
+            run = _ScheduledRun(self, flat)
             with torch.no_grad():
-                joined = _ScheduledRun(self, flat).run()
+                joined = run.run()
+            self.last_rows = run.rows
             return pytree.tree_unflatten(joined, self.out_spec)
         outputs: list[Any] = [None] * self.num_outputs
         mailbox = Mailbox()
@@ -177,6 +181,7 @@ class _ScheduledRun:
         self.states: dict[tuple[int, int], Any] = {}
         self.messages: dict[tuple[int, int, int, int], list[torch.Tensor]] = {}
         self.outputs: dict[tuple[int, int], list[Any]] = {}
+        self.rows: dict[str, int] = {}
 
     def run(self) -> list[Any]:
         execute(self.schedule, self._act)
@@ -209,6 +214,10 @@ class _ScheduledRun:
     def _compute(self, stage: int, mb: int, segment: int, view: StageView) -> None:
         module = self.stages[stage]
         inputs = [self.inputs[mb][i] for i in module.input_indices]
+        sizes = split_sizes(self.sizes[mb], module.shares)
+        if segment == 0:
+            for device, size in zip(module.devices, sizes):
+                self.rows[device] = self.rows.get(device, 0) + size
         if self.whole[stage] and len(module.shares) == 1:  # its forward, whole
             with use_transport(view):
                 self.outputs[(stage, mb)] = list(module.module(*inputs))
@@ -221,7 +230,7 @@ class _ScheduledRun:
                 [dims[i] for i in module.input_indices],
                 view.received,
                 module.transfers,
-                split_sizes(self.sizes[mb], module.shares),
+                sizes,
             )
             view.outbox.update(sent)
             self.outputs[(stage, mb)] = outputs

@@ -156,7 +156,6 @@ def test_a_milp_cut_short_by_its_time_limit_is_noted():
 def test_group_shares_are_whole_rows_the_runtime_splits_as_planned():
     from dora_fx.ir import batch_split
     from dora_fx.planner.space import group_shares
-    from dora_fx.runtime.distributed import wiring as distributed_wiring
 
     speed = {"phone": 0.104, "laptop": 0.185, "rpi4": 0.0167, "jetson": 0.694}  # smart_home, GPT-2
     devices = tuple(speed)
@@ -169,7 +168,6 @@ def test_group_shares_are_whole_rows_the_runtime_splits_as_planned():
     for other in itertools.product(range(1, 6), repeat=4):
         if sum(other) == 8:
             assert max(r / speed[d] for r, d in zip(other, devices)) >= finish - 1e-12
-    assert distributed_wiring.split_sizes(8, shares) == rows
     assert batch_split.split_sizes(8, shares) == rows
     with pytest.raises(dora_fx.errors.PlanError, match="needs a row per device"):
         group_shares(devices, speed, batch=3)

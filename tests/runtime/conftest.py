@@ -22,7 +22,6 @@ def data_parallel(folder: Path, groups: dict[int, tuple[list[str], list[float]]]
     for stage, (devices, shares) in groups.items():
         manifest["plan"]["stages"][stage]["devices"] = devices
         manifest["plan"]["stages"][stage]["shares"] = shares
-        manifest["stages"][stage]["devices"] = devices
     plan = dora_fx.Plan.from_json(manifest["plan"])
     (folder / "plan.txt").write_text(plan.to_text() + "\n")
     manifest["files"]["plan.txt"] = hashlib.sha256((folder / "plan.txt").read_bytes()).hexdigest()

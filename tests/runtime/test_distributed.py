@@ -9,7 +9,7 @@ import torch
 import dora_fx
 from dora_fx.errors import PlanFolderError, RankFailedError
 from dora_fx.runtime.distributed.launch import _check_port, run_local
-from dora_fx.runtime.distributed.wiring import rank_table, split_sizes
+from dora_fx.runtime.distributed.wiring import rank_table
 
 from .conftest import close, copy_plan, data_parallel
 
@@ -68,14 +68,6 @@ def _run_equal_to_model(plan, rows: int, count: int, microbatches: int):
 def test_pipeline_of_three_with_microbatches(mlp_plan):
     result = _run_equal_to_model(mlp_plan, rows=6, count=4, microbatches=3)
     assert "latency p50" in result.table()
-
-
-def test_split_sizes_follow_shares_and_give_every_slot_a_row():
-    assert split_sizes(10, [0.3, 0.7]) == [3, 7]
-    assert split_sizes(3, [0.1, 0.1, 0.8]) == [1, 1, 1]
-    assert sum(split_sizes(7, [0.25, 0.25, 0.5])) == 7
-    with pytest.raises(ValueError, match="cannot be split over a data-parallel group of 3"):
-        split_sizes(2, [0.2, 0.3, 0.5])
 
 
 def test_rank_table_is_stage_major():
@@ -204,7 +196,8 @@ class _DeadPeerWork:
 
 def _lonely_transport():
     """Rank 0 of a two-rank table with no links (so no receiver threads, no gloo calls)."""
-    from dora_fx.runtime.distributed.transport import _MAX_PENDING, DistTransport
+    from dora_fx.runtime.distributed.links import _MAX_PENDING
+    from dora_fx.runtime.distributed.transport import DistTransport
     from dora_fx.runtime.distributed.wiring import RankInfo, StageWiring
 
     table = [RankInfo(0, 0, 0, "a", (1.0,)), RankInfo(1, 1, 0, "b", (1.0,))]
@@ -216,14 +209,15 @@ def _lonely_transport():
 def test_a_dead_peer_found_waiting_a_send_is_named(where):
     """Waiting un-waited sends (reaping the oldest, closing) names the receiving rank as the
     suspect, as SENT does, rather than raising gloo's error."""
-    from dora_fx.runtime.distributed.transport import _Pending
+    from dora_fx.runtime.distributed.links import _Pending
 
     transport, limit = _lonely_transport()
-    transport._pending = [_Pending(_DeadPeerWork(), 1, 7, ()) for _ in range(limit + 1)]
+    links = transport.links
+    links._pending = [_Pending(_DeadPeerWork(), 1, 7, ()) for _ in range(limit + 1)]
     with pytest.raises(
         RankFailedError, match=r"item 7 for rank 1 \(stage 1 on device 'b'\)"
     ) as info:
-        transport._reap() if where == "reap" else transport.close()
+        links._reap() if where == "reap" else transport.close()
     assert info.value.suspect_rank == 1
 
 

@@ -82,6 +82,7 @@ class Driver:
         # Phase 2: the measured stream.
         self.runner.stretch = ComputeStretch(self.runner.stretch.factor)
         self.items, self.first_request = 0, warmup
+        self.runner.rows = 0
         self._stream_start = len(self._cpu_samples)
         if config.inbox_dir:
             return self._session(warmup)
@@ -346,6 +347,7 @@ class Driver:
             "stage": self.me.stage,
             "device": self.me.device,
             "items": self.items,
+            "rows": self.runner.rows,  # rows of the measured stream this rank computed
             "busy_s": stretch.busy_wall_s / scale,
             "overrun_s": stretch.overrun_wall_s / scale,
             # wall seconds of the stream; CPU seconds of the main thread (the stage's compute

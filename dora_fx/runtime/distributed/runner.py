@@ -73,6 +73,7 @@ class _Item:
     state: Any = None
     cpu_s: float = 0.0
     sendings: dict[tuple[int, int], list[Sending]] = field(default_factory=dict)
+    sends_left: int = 0  # SEND actions of the item still to run
 
 
 class StageRunner:
@@ -102,11 +103,14 @@ class StageRunner:
             if pipelined and self.actions[i].kind is Kind.SENT and self.actions[i].mb == last_mb
         }  # fmt: skip
         self._items: dict[int, _Item] = {}
+        self._sends = [sum(1 for a in self.actions if a.kind is Kind.SEND and a.mb == mb)
+                       for mb in range(microbatches)]  # fmt: skip
         self._deferred: list[tuple[int, Action]] = []  # (request, SENT) of the previous request
         self.trace: list[tuple[int, str, float, float]] = []  # request, action, start, end
         self.record_item: int | None = None  # the item whose ops are recorded
         self.recorded: list[OpCost] = []
         self.on_item_done: Callable[[int, float], None] | None = None  # item, compute CPU s
+        self.rows = 0  # rows of the items this rank computed (data-parallel members: its share)
 
     def run_request(self, request: int) -> None:
         flushed = not self._deferred
@@ -129,7 +133,9 @@ class StageRunner:
         item = request * self.m + action.mb
         state = self._items.get(item)
         if state is None:
-            state = self._items[item] = _Item(StageView(self.stage, action.mb))
+            state = self._items[item] = _Item(
+                StageView(self.stage, action.mb), sends_left=self._sends[action.mb]
+            )
         started = time.monotonic()
         transport = self.transport
         if action.kind is Kind.POST:
@@ -140,19 +146,35 @@ class StageRunner:
         elif action.kind is Kind.COMPUTE:
             self._compute(item, state, action.index)
         elif action.kind is Kind.SEND:
-            tensor = state.view.take(action.peer, action.index, action)
             key = (action.peer, action.index)
-            state.sendings[key] = transport.send(item, tensor, action.peer, action.index, action.chunks)
+            state.sends_left -= 1
+            if state.state is _SAT_OUT:  # no rows of this item: nothing to send
+                state.sendings[key] = []
+            else:
+                tensor = state.view.take(action.peer, action.index, action)
+                state.sendings[key] = transport.send(
+                    item, tensor, action.peer, action.index, action.chunks
+                )
         else:
             transport.sent(state.sendings.pop((action.peer, action.index)))
         if len(self.trace) < TRACE_LIMIT:
             self.trace.append((request, str(action), started, time.monotonic()))
-        if state.state is _DONE and not state.sendings and not state.view.outbox:
+        done = state.state is _DONE or state.state is _SAT_OUT
+        if done and not state.sends_left and not state.sendings and not state.view.outbox:
             del self._items[item]
 
     def _compute(self, item: int, state: _Item, segment: int) -> None:
+        if state.state is _SAT_OUT:
+            return
         if state.state is None:
-            state.state = self.program.start(self.transport.inputs(item))
+            inputs = self.transport.inputs(item)
+            if self.transport.sits_out(item):
+                # the batch split gives this data-parallel member no rows of the item
+                # (ir.batch_split): it computes nothing, and its peers wait for nothing of it
+                state.state = _SAT_OUT
+                return
+            self.rows += self.transport.rows(item) or 0
+            state.state = self.program.start(inputs)
         recorder = CostRecorder() if item == self.record_item else None
         cpu_before = self.stretch.busy_cpu_s
         self.stretch.resume()
@@ -173,3 +195,4 @@ class StageRunner:
 
 
 _DONE = object()  # an item whose segments have all run
+_SAT_OUT = object()  # an item of which this data-parallel member holds no rows

@@ -10,13 +10,12 @@ tensors along this wiring.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ...ir.plan import Plan
 
-__all__ = ["RankInfo", "rank_table", "split_sizes", "StageWiring"]
+__all__ = ["RankInfo", "rank_table", "StageWiring"]
 
 
 @dataclass(frozen=True)
@@ -39,27 +38,6 @@ def rank_table(plan: Plan) -> list[RankInfo]:
         for slot, device in enumerate(stage.devices):
             table.append(RankInfo(len(table), stage.index, slot, device, stage.shares))
     return table
-
-
-def split_sizes(batch: int, shares: Sequence[float]) -> list[int]:
-    """Rows of a batch per slot: proportional to the shares (largest remainder), at least one
-    each, so every slot of a data-parallel group has work."""
-    if len(shares) == 1:
-        return [batch]
-    if batch < len(shares):
-        raise ValueError(
-            f"a batch of {batch} cannot be split over a data-parallel group of {len(shares)} "
-            "devices; send batches (or microbatches) of at least that many rows"
-        )
-    raw = [s * batch / sum(shares) for s in shares]
-    sizes = [max(1, int(r)) for r in raw]
-    while sum(sizes) < batch:
-        sizes[max(range(len(raw)), key=lambda i: raw[i] - sizes[i])] += 1
-    while sum(sizes) > batch:
-        sizes[
-            max((i for i in range(len(raw)) if sizes[i] > 1), key=lambda i: sizes[i] - raw[i])
-        ] -= 1
-    return sizes
 
 
 @dataclass
