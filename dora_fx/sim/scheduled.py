@@ -23,6 +23,7 @@ drives it with what the chosen schedule does:
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..analysis.problem import Problem
@@ -34,7 +35,7 @@ from ..ir.schedule import Schedule
 from .config import SimConfig
 from .fluid import FluidNetwork, _Flow
 from .result import SimResult
-from .simulator import _FLOW_DONE, _Run, _Task
+from .simulator import _Run, _Task
 
 if TYPE_CHECKING:
     from ..analysis.evaluate import Metrics
@@ -142,40 +143,23 @@ class _ScheduledRun(_Run):
         if self.queue[sender] and not self.busy[sender] and not self.pending_sends[sender]:
             self._start_next(sender, now)
 
-    def _start_flow(self, fid: int, now: float) -> None:
+    def _net_start(
+        self, fid: int, path: tuple[tuple[int, float], ...], bits: float, now: float
+    ) -> list[tuple[int, float, int]]:
         if not self.critical_first:
-            super()._start_flow(fid, now)
-            return
-        t, request, mb, to_stage, _ = self.flow_meta[fid]
-        self.channel_busy.add((t.src, t.dst))
-        self.flow_start[fid] = now
-        path, _ = self.net.route(t.src, t.dst)
-        if t.nbytes <= 0 or not path:
-            self._flow_done(fid, now, started=False)
-            return
+            return super()._net_start(fid, path, bits, now)
+        _, request, mb, to_stage, _ = self.flow_meta[fid]
         assert isinstance(self.net, PriorityFluidNetwork)
-        changed = self.net.start_prioritized(
-            fid, path, 8.0 * t.nbytes, now, (request, mb, -to_stage)
-        )
-        for other, finish_s, version in changed:
-            self.push(finish_s, _FLOW_DONE, (other, version))
+        # the flow on the critical path first: earliest request, then microbatch, then the
+        # one nearest the end of the pipeline
+        return self.net.start_prioritized(fid, path, bits, now, (request, mb, -to_stage))
 
 
 def schedule_config(schedule: Schedule, config: SimConfig | None = None) -> SimConfig:
     """``config`` with the schedule's microbatches and overlap (its policy's: ``overlap``
     keeps sends in flight, ``naive`` blocks on them)."""
-    base = config or SimConfig()
-    return SimConfig(
-        requests=base.requests,
-        request_rate_rps=base.request_rate_rps,
-        arrivals=base.arrivals,
-        concurrency=base.concurrency,
-        microbatches=schedule.microbatches,
-        overlap=schedule.pipelined,
-        source=base.source,
-        sink=base.sink,
-        seed=base.seed,
-        record_timeline=base.record_timeline,
+    return replace(
+        config or SimConfig(), microbatches=schedule.microbatches, overlap=schedule.pipelined
     )
 
 
@@ -213,8 +197,6 @@ def schedule_metrics(schedule: Schedule, plan: Plan, problem: Problem) -> tuple[
     * memory and the rest: ``evaluate``'s with the schedule's microbatches.
 
     Returns the figures and the idle single-request simulation."""
-    from dataclasses import replace
-
     from ..analysis.evaluate import evaluate  # evaluate imports sim.work: keep the import lazy
 
     critical_first = schedule.contention == "critical-first"

@@ -262,8 +262,15 @@ class _Run:
         if t.nbytes <= 0 or not path:
             self._flow_done(fid, now, started=False)
             return
-        for other, finish_s, version in self.net.start(fid, path, 8.0 * t.nbytes, now):
+        for other, finish_s, version in self._net_start(fid, path, 8.0 * t.nbytes, now):
             self.push(finish_s, _FLOW_DONE, (other, version))
+
+    def _net_start(
+        self, fid: int, path: tuple[tuple[int, float], ...], bits: float, now: float
+    ) -> list[tuple[int, float, int]]:
+        """Put flow ``fid`` on the network; the flows whose finish time changed. The hook a
+        scheduled run overrides to start its flows with a priority."""
+        return self.net.start(fid, path, bits, now)
 
     def _flow_done(self, fid: int, now: float, started: bool = True) -> None:
         t, request, mb, to_stage, sender = self.flow_meta[fid]
