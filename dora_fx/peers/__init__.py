@@ -1,2 +1,4 @@
 """Peers that run: other systems executed on the same runtime and emulation as dora_fx, for
-side-by-side benchmarks (``pipelining``: torch.distributed.pipelining)."""
+side-by-side benchmarks. torch.distributed.pipelining: ``pipelining`` (``run_pipelining``, the
+launcher), ``pipelining_rank`` (one rank), ``pipelining_emulation`` (emulation hooked into
+torch's schedule) and ``pipelining_config`` (what the ranks are told)."""

@@ -73,6 +73,29 @@ class DistributedResult:
     notes: list[str] = field(default_factory=list)
     schedule: str = ""  # the schedule the ranks executed (text form)
 
+    @classmethod
+    def from_raw(
+        cls,
+        raw: dict[str, Any],
+        outputs: list[Any],
+        wall_s: float,
+        emulated: bool,
+        notes: list[str],
+    ) -> DistributedResult:
+        """The result of a run from what its rank 0 wrote (``result.pt``: latency, throughput,
+        time scale, per-rank figures and, for Dora's runtime, the schedule)."""
+        return cls(
+            outputs=outputs,
+            latency_s=raw["latency_s"],
+            throughput_rps=raw["throughput_rps"],
+            time_scale=raw["time_scale"],
+            ranks=raw["ranks"],
+            wall_s=wall_s,
+            emulated=emulated,
+            notes=notes,
+            schedule=raw.get("schedule", ""),
+        )
+
     @property
     def latency_p50_s(self) -> float:
         return _quantile(self.latency_s, 0.5)
@@ -200,17 +223,8 @@ def run_local(
         _spawn_and_wait(config, manifest, run_dir, port or free_port(), progress)
         wall_s = time.monotonic() - started
         raw = torch.load(os.path.join(run_dir, "result.pt"), weights_only=True)
-    return DistributedResult(
-        outputs=[pytree.tree_unflatten(flat, out_spec) for flat in raw["outputs"] if flat],
-        latency_s=raw["latency_s"],
-        throughput_rps=raw["throughput_rps"],
-        time_scale=raw["time_scale"],
-        ranks=raw["ranks"],
-        wall_s=wall_s,
-        emulated=emulate,
-        notes=notes,
-        schedule=raw.get("schedule", ""),
-    )
+    outputs = [pytree.tree_unflatten(flat, out_spec) for flat in raw["outputs"] if flat]
+    return DistributedResult.from_raw(raw, outputs, wall_s, emulate, notes)
 
 
 def run_config(
