@@ -12,7 +12,6 @@ import torch
 
 from .adapter import Adapter
 from .artifact.folder import save_folder
-from .compiler.passes.insert_comm import tensor_spec
 from .compiler.pipeline import run_passes
 from .compiler.state import CompileState
 from .cost_models.cluster import Cluster, as_cluster
@@ -88,22 +87,13 @@ class CompiledModel(LocalPipeline):
 
     def __init__(self, state: CompileState, notes: list[str]) -> None:
         assert state.captured is not None and state.plan is not None
-        captured = state.captured
-        values = [n.meta.get("val") for n in captured.gm.graph.nodes if n.op == "placeholder"]
-        specs = [tensor_spec(v, captured.symbols) for v in values]
-        super().__init__(
-            state.stages,
-            captured.in_spec,
-            captured.out_spec,
-            [(v.dim(), v.dtype) if isinstance(v, torch.Tensor) else None for v in values],
-            [None if s is None else s["batch_dim"] for s in specs],
-            [None if s is None else s["shape"] for s in specs],
-        )
+        assert state.call is not None and state.schedule is not None
+        super().__init__(state.stages, state.call, state.schedule, state.model.training)
         self.state = state
         self.plan = state.plan
         self.cluster = state.cluster
         self.qoe = state.qoe
-        self.notes = notes + captured.notes
+        self.notes = notes + state.captured.notes
 
     def explain(self, batch: int | None = None) -> str:
         return explain_state(self.state, self.notes, batch)
@@ -146,15 +136,15 @@ class CompiledModel(LocalPipeline):
             return run_local(self.save(folder), requests, **options)
 
     def save(self, path: str | Path) -> Path:
+        """Write the plan folder (``stage_K.py``, weights, ``plan.txt``, ``plan.json``) that
+        ``dora_fx.load`` and the distributed runtime read."""
         return save_folder(
             path,
             plan=self.plan,
             stages=self.stages,
-            in_spec=self.in_spec,
-            out_spec=self.out_spec,
-            input_meta=self.input_meta,
-            input_batch_dims=self.input_batch_dims,
-            input_shapes=self.input_shapes,
+            call=self.call,
+            schedule=self.schedule,
+            training=self.training,
             extra={"cluster": self.cluster.to_json(), "qoe": self.qoe.to_json()},
         )
 

@@ -59,3 +59,16 @@ def test_an_nn_sequential_saves_and_loads(tmp_path):
     loaded = dora_fx.load(compiled.save(tmp_path / "plan"))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_stages_run_in_the_callers_grad_mode_and_the_pipelines_train_mode(tmp_path):
+    model, inputs, compiled = _compiled()
+    with torch.no_grad():
+        assert not compiled(*inputs).requires_grad
+    assert compiled(*inputs).requires_grad  # nothing forces no_grad: autograd records
+    assert compiled.training is False and not any(s.module.training for s in compiled.stages)
+    compiled.train()
+    assert all(s.module.training for s in compiled.stages)
+    compiled.eval()
+    loaded = dora_fx.load(compiled.save(tmp_path / "plan"))  # the mode it was compiled in
+    assert loaded.training is False and not any(s.module.training for s in loaded.stages)

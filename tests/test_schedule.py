@@ -234,7 +234,7 @@ def test_reorder_produces_what_the_next_stage_waits_for_first():
     local_linears = [i for i, n in enumerate(order)
                      if n.op == "call_function" and "linear" in str(n.target) and i > send]
     assert local_linears, "the local branch should run after the send"
-    assert "segment F1" in compiled.stages[0].code
+    assert "def segment_1(" in compiled.stages[0].code
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
 
@@ -283,39 +283,24 @@ def test_the_chosen_microbatch_count_is_the_simulated_best():
     assert choice.predicted.latencies_s[0] == choice.tried[choice.schedule.microbatches]
 
 
-def test_a_loaded_plan_with_its_schedule_equals_the_model(tmp_path):
-    """plan.json keeps each stage's schedule; a loaded stage (a plain module) runs whole per
-    microbatch under it. The loader does not read the schedule yet: hand it over as it would."""
-    model, inputs = build("gpt2", batch=4)
-    compiled = compile_scheduled(model, inputs, 3, 2)
-    loaded = dora_fx.load(compiled.save(tmp_path / "gpt2"))
-    for mine, theirs in zip(loaded.stages, compiled.stages):
-        mine.transfers["schedule"] = theirs.transfers["schedule"]
-    assert loaded.manifest["stages"][1]["schedule"] == compiled.state.schedule.stage_entry(1)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(*inputs), model(*inputs))
-
-
-def test_a_loaded_stage_runs_segment_by_segment_from_its_source(tmp_path, monkeypatch):
-    """Segment-level execution of loaded stages cuts the saved forward at its segment marks
-    (what the distributed runtime does); it computes exactly what the whole forward does."""
-    from dora_fx.runtime.local import stage_programs
-    from dora_fx.runtime.segments import SourceSegments
+def test_a_loaded_plan_runs_its_schedule_segment_by_segment(tmp_path):
+    """plan.json keeps each stage's schedule and the loader hands it to the runtime as one
+    object; a loaded stage runs its generated segment methods one at a time, as the
+    distributed ranks do, and computes what the compiled model and the model compute."""
+    from dora_fx.runtime.segments import SegmentProgram
 
     model, inputs = build("gpt2", batch=4)
     compiled = compile_scheduled(model, inputs, 3, 2)
     loaded = dora_fx.load(compiled.save(tmp_path / "gpt2"))
-    programs = stage_programs(loaded.stages)
-    assert all(isinstance(p, SourceSegments) for p in programs.values())
-    assert [p.count for p in programs.values()] == [
+    assert loaded.schedule == compiled.state.schedule
+    assert [SegmentProgram(s.module).count for s in loaded.stages] == [
         s.segments_used() for s in compiled.state.schedule.stages
     ]
+    assert max(s.segments_used() for s in loaded.schedule.stages) > 1
     with torch.no_grad():
-        whole = loaded(*inputs)
-        monkeypatch.setenv("DORA_SEGMENTS", "1")
-        segmented = loaded(*inputs)
-    torch.testing.assert_close(segmented, whole, rtol=0, atol=0)
-    torch.testing.assert_close(segmented, model(*inputs))
+        ours = loaded(*inputs)
+        torch.testing.assert_close(ours, compiled(*inputs), rtol=0, atol=0)
+        torch.testing.assert_close(ours, model(*inputs))
 
 
 # -- the planner's figures are the schedule's ---------------------------------------------

@@ -222,9 +222,9 @@ def _plan(args: argparse.Namespace, problem: Problem) -> Plan:
 def _read_plan(path: Path) -> Plan:
     """A plan file (text or JSON), a saved folder's manifest, or the folder itself."""
     if path.is_dir():
-        from ..artifact.folder import read_manifest
+        from ..artifact.manifest import read_plan_folder
 
-        return Plan.from_json(read_manifest(path)["plan"])
+        return read_plan_folder(path).plan
     try:
         text = path.read_text()
     except OSError as exc:

@@ -28,14 +28,13 @@ import sympy
 
 from ..analysis.problem import Problem
 from ..errors import DoraError, PassError
-from ..ir.stage_module import StageModule
 from ..planner import solve
 from ..planner.balanced import balanced_flops_plan, check_plan
 from .capture import capture
 from .passes.annotate_costs import CostSymbols, annotate_costs
 from .passes.coarsen import coarsen
-from .passes.codegen import stage_source
-from .passes.insert_comm import insert_comm, stage_transfers
+from .passes.codegen import build_stage, call_spec
+from .passes.insert_comm import insert_comm
 from .passes.schedule_comm import schedule_comm
 from .passes.verify import verify_state
 from .state import CompileState
@@ -103,27 +102,11 @@ def _schedule_comm(state: CompileState) -> None:
 def _codegen(state: CompileState) -> None:
     assert state.captured is not None and state.plan is not None
     assert state.schedule is not None
-    names = state.captured.input_names
-    schedule = state.schedule
     state.stages = [
-        StageModule(
-            index=program.index,
-            module=program.gm,
-            input_indices=program.input_indices,
-            output_indices=program.output_indices,
-            devices=state.plan.stages[program.index].devices,
-            shares=state.plan.stages[program.index].shares,
-            code=stage_source(
-                program, state.plan, [names[i] for i in program.input_indices], schedule
-            ),
-            node_names=program.node_names,
-            transfers={
-                **stage_transfers(program.gm, state.captured.symbols),
-                "schedule": schedule.stage_entry(program.index),
-            },
-        )
+        build_stage(program, state.plan, state.captured, state.schedule)
         for program in state.programs
     ]
+    state.call = call_spec(state.captured)
 
 
 Pass = tuple[str, Callable[[CompileState], None]]

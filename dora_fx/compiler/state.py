@@ -1,21 +1,5 @@
-"""The compiler: one flat, named list of passes over a ``CompileState``.
-
-::
-
-    capture         model            -> flat ATen GraphModule (torch.export; symbolic_trace fallback)
-    annotate_costs  GraphModule      -> node.meta["dora.cost"]: sympy FLOPs / bytes per node
-    coarsen         GraphModule      -> BlockChain: blocks at valid, low-traffic cut points
-    partition       Problem          -> PlanSet     (pure: planner.solve; QoE-aware, certified gap)
-    insert_comm     GraphModule+Plan -> one GraphModule per stage with send/recv nodes
-    schedule_comm   stage graphs     -> reordered for overlap + Schedule (actions per stage,
-                                        microbatches chosen by simulating the plan; the
-                                        plan's predicted figures become the schedule's)
-    codegen         stage graphs     -> readable standalone Python per stage, schedule shown
-
-With ``DORA_DEBUG=1`` the verifier runs after every pass and each pass's graphs are written to
-``$DORA_DUMP_DIR`` (default: ``./dora_debug``). A failing pass is named in the error, with the
-passes that ran before it.
-"""
+"""``CompileState``: everything the passes of ``compiler.pipeline`` read and write, in the
+order they fill it in (the model and its options first, the generated stages last)."""
 
 from __future__ import annotations
 
@@ -26,6 +10,7 @@ import torch
 
 from ..analysis.problem import Problem
 from ..cost_models.cluster import Cluster
+from ..ir.call_spec import CallSpec
 from ..ir.plan import Plan
 from ..ir.schedule import Schedule
 from ..ir.stage_module import StageModule
@@ -62,6 +47,7 @@ class CompileState:
     microbatches: int | None = None  # None: schedule_comm picks the count by simulation
     schedule_choice: ScheduleChoice | None = None
     stages: list[StageModule] = field(default_factory=list)
+    call: CallSpec | None = None  # the call the model was captured for (codegen)
 
     @property
     def schedule(self) -> Schedule | None:

@@ -1,6 +1,6 @@
 """Stage 0 of 3 of plan 'balanced-flops', on phone.
 
-Blocks 0:3; 3 nodes.
+Blocks 0:3; 3 nodes in 1 segment(s).
 Receives: nothing.
 Sends: linear_1 -> stage 1.
 Inputs from the caller: x; returns 0 of the model's outputs.
@@ -16,6 +16,11 @@ import dora_fx.ir.comm_ops  # noqa: F401  registers torch.ops.dora.send / torch.
 
 
 class Stage0(torch.nn.Module):
+    # per segment: the values it takes, the values it returns (None: the stage's outputs)
+    SEGMENTS = (
+        (('x',), None),
+    )
+
     def __init__(self) -> None:
         super().__init__()
         self.layers_0_0_weight = torch.nn.Parameter(torch.empty([64, 64], dtype=torch.float32, device='meta'), requires_grad=True)
@@ -24,7 +29,9 @@ class Stage0(torch.nn.Module):
         self.layers_1_0_bias = torch.nn.Parameter(torch.empty([64], dtype=torch.float32, device='meta'), requires_grad=True)
 
     def forward(self, x):
-        # ---- segment F0 ----
+        return self.segment_0(x)
+
+    def segment_0(self, x):
         layers_0_0_weight = self.layers_0_0_weight
         layers_0_0_bias = self.layers_0_0_bias
         linear = torch.ops.aten.linear.default(x, layers_0_0_weight, layers_0_0_bias);  x = layers_0_0_weight = layers_0_0_bias = None

@@ -1,6 +1,6 @@
 """Stage 1 of 3 of plan 'balanced-flops', on laptop.
 
-Blocks 3:5; 2 nodes.
+Blocks 3:5; 2 nodes in 1 segment(s).
 Receives: linear_1 (stage 0).
 Sends: linear_2 -> stage 2.
 Inputs from the caller: none; returns 0 of the model's outputs.
@@ -16,13 +16,20 @@ import dora_fx.ir.comm_ops  # noqa: F401  registers torch.ops.dora.send / torch.
 
 
 class Stage1(torch.nn.Module):
+    # per segment: the values it takes, the values it returns (None: the stage's outputs)
+    SEGMENTS = (
+        ((), None),
+    )
+
     def __init__(self) -> None:
         super().__init__()
         self.layers_2_0_weight = torch.nn.Parameter(torch.empty([64, 64], dtype=torch.float32, device='meta'), requires_grad=True)
         self.layers_2_0_bias = torch.nn.Parameter(torch.empty([64], dtype=torch.float32, device='meta'), requires_grad=True)
 
     def forward(self):
-        # ---- segment F0 ----
+        return self.segment_0()
+
+    def segment_0(self):
         linear_1 = torch.ops.dora.recv.default(peer = 0, tag = 2)
         relu_1 = torch.ops.aten.relu.default(linear_1);  linear_1 = None
         layers_2_0_weight = self.layers_2_0_weight

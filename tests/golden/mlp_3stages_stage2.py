@@ -1,6 +1,6 @@
 """Stage 2 of 3 of plan 'balanced-flops', on pi.
 
-Blocks 5:9; 4 nodes.
+Blocks 5:9; 4 nodes in 1 segment(s).
 Receives: linear_2 (stage 1).
 Sends: nothing.
 Inputs from the caller: none; returns 1 of the model's outputs.
@@ -16,6 +16,11 @@ import dora_fx.ir.comm_ops  # noqa: F401  registers torch.ops.dora.send / torch.
 
 
 class Stage2(torch.nn.Module):
+    # per segment: the values it takes, the values it returns (None: the stage's outputs)
+    SEGMENTS = (
+        ((), None),
+    )
+
     def __init__(self) -> None:
         super().__init__()
         self.layers_3_0_weight = torch.nn.Parameter(torch.empty([64, 64], dtype=torch.float32, device='meta'), requires_grad=True)
@@ -24,7 +29,9 @@ class Stage2(torch.nn.Module):
         self.head_bias = torch.nn.Parameter(torch.empty([10], dtype=torch.float32, device='meta'), requires_grad=True)
 
     def forward(self):
-        # ---- segment F0 ----
+        return self.segment_0()
+
+    def segment_0(self):
         linear_2 = torch.ops.dora.recv.default(peer = 1, tag = 4)
         relu_2 = torch.ops.aten.relu.default(linear_2);  linear_2 = None
         layers_3_0_weight = self.layers_3_0_weight

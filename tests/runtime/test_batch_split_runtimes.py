@@ -38,6 +38,8 @@ def test_both_runtimes_give_each_device_the_same_rows(mlp2_plan, tmp_path):
     for request, output in zip(requests, result.outputs):
         assert close(output, model(*request))
     assert {r["device"]: r["rows"] for r in result.ranks} == local_rows
+    # every data-parallel group got its own process group (for a gradient all-reduce)
+    assert [r["group_size"] for r in result.ranks] == [2, 2, 2, 2]
     expected = {d: 0 for devices, _ in groups.values() for d in devices}
     for rows in batches:
         for devices, shares in groups.values():

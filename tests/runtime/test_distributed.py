@@ -84,10 +84,13 @@ def test_rank_table_is_stage_major():
 
 
 def test_wrong_number_of_ranks_is_named(mlp_plan):
-    from dora_fx.runtime.distributed.rank import _stage_of
+    from dora_fx.artifact.manifest import read_plan_folder
+    from dora_fx.runtime.distributed.rank import _check_world
+    from dora_fx.runtime.distributed.wiring import StageWiring
 
+    folder = read_plan_folder(mlp_plan[2])
     with pytest.raises(PlanFolderError, match="plan for 3 ranks .* but 2 were started"):
-        _stage_of(str(mlp_plan[2]), 0, 2)
+        _check_world(folder, StageWiring.from_folder(folder), 2)
 
 
 def test_taken_port_is_a_clear_error():

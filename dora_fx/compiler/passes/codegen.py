@@ -1,52 +1,111 @@
-"""Pass 6, codegen: each stage GraphModule becomes a standalone, readable Python module.
+"""Pass 7, codegen: each stage graph becomes a standalone, readable Python module.
 
-The file needs only torch and dora_fx (for the send/recv ops): no user model class. Weights are
-declared on the meta device and loaded from the stage's safetensors file by ``dora_fx.load``.
-The docstring carries the stage's schedule in its text form, and the forward marks where each
-segment (``F<k>`` in the schedule) begins.
+The file needs only torch and ``dora_fx.ir.comm_ops`` (for the send/recv ops): no user model
+class. Weights are declared on the meta device and filled in by whoever builds the stage (the
+compiler shares the model's own tensors; a plan folder loads its safetensors file).
+
+The stage graph is cut into the schedule's segments (``ir.stage_graph.segments``; one for a
+data-parallel stage) and each segment becomes a method ``segment_k`` of the values it takes,
+returning the values later segments need (the last returns the stage's outputs). ``forward``
+runs them in order; a runtime runs them one at a time, as the schedule's ``F<k>`` actions say,
+from the table ``SEGMENTS`` (per segment: the names it takes, the names it returns). So every
+runtime, in-process or on a rank, runs the very code a person reads in the saved file.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx
 from torch.fx.graph_module import _format_import_block
 from torch.package import sys_importer
 
+from ...ir.call_spec import CallSpec, InputSpec
 from ...ir.comm_ops import RECV, SEND
 from ...ir.plan import Plan
 from ...ir.schedule import Schedule
 from ...ir.stage_graph import segments
-from .insert_comm import StageProgram
+from ...ir.stage_module import StageModule, instantiate_stage
+from ..capture import Captured
+from .insert_comm import StageProgram, stage_transfers, tensor_spec
 
-__all__ = ["stage_source", "stage_class_name"]
+__all__ = ["build_stage", "call_spec", "stage_source", "stage_class_name"]
 
 
 def stage_class_name(index: int) -> str:
     return f"Stage{index}"
 
 
+@dataclass(frozen=True)
+class _Segment:
+    takes: tuple[str, ...]
+    returns: tuple[str, ...] | None  # None: the stage's outputs (the last segment)
+    src: str  # ``def segment_k(self, ...)`` and its body
+    globals: dict[str, Any]
+
+
+def build_stage(
+    program: StageProgram, plan: Plan, captured: Captured, schedule: Schedule
+) -> StageModule:
+    """The stage as the runtimes run it: its generated source executed, the weights those of
+    the model (the same tensors, shared)."""
+    names = captured.input_names
+    code = stage_source(program, plan, [names[i] for i in program.input_indices], schedule)
+    module = instantiate_stage(
+        code, stage_class_name(program.index), f"<dora stage {program.index} of {plan.name}>"
+    )
+    # the model's own Parameter objects (so the stage trains the model's weights), and its
+    # buffers' storage (as plain tensors: an nn.Buffer would carry its persistence along)
+    weights = dict(program.gm.state_dict())
+    weights.update(program.gm.named_parameters(recurse=False))
+    module.load_state_dict(weights, strict=True, assign=True)
+    stage = plan.stages[program.index]
+    return StageModule(
+        index=program.index,
+        module=module,
+        input_indices=program.input_indices,
+        output_indices=program.output_indices,
+        devices=stage.devices,
+        shares=stage.shares,
+        code=code,
+        node_names=program.node_names,
+        transfers=stage_transfers(program.gm, captured.symbols),
+    )
+
+
+def call_spec(captured: Captured) -> CallSpec:
+    """The call the model was captured for: its pytree specs and each flattened input."""
+    inputs = []
+    for node in (n for n in captured.gm.graph.nodes if n.op == "placeholder"):
+        spec = tensor_spec(node.meta.get("val"), captured.symbols)
+        value = node.meta.get("val")
+        inputs.append(
+            None if spec is None or not isinstance(value, torch.Tensor)
+            else InputSpec(value.dim(), value.dtype, spec["batch_dim"], tuple(spec["shape"]))
+        )  # fmt: skip
+    return CallSpec(captured.in_spec, captured.out_spec, tuple(inputs))
+
+
 def stage_source(
     program: StageProgram, plan: Plan, input_names: list[str], schedule: Schedule | None = None
 ) -> str:
     gm = program.gm
-    code = gm.graph.python_code(root_module="self")
     stage = plan.stages[program.index]
-    src = code.src
-    if schedule is not None:
-        src = _mark_segments(src, gm.graph, len(stage.devices) == 1)
-    used = set(re.findall(r"\w+", code.src)) | {"torch"}
-    imports = _format_import_block(
-        {name: value for name, value in code.globals.items() if name in used}, sys_importer
-    )
+    parts = _segments(gm.graph, split=len(stage.devices) == 1)
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    used = {name for part in parts for name in re.findall(r"\w+", part.src)} | {"torch"}
+    globals_ = {k: v for part in parts for k, v in part.globals.items() if k in used}
     lines = [
         f'"""Stage {program.index} of {len(plan.stages)} of plan {plan.name!r}, on '
         f"{', '.join(stage.devices)}.",
         "",
-        f"Blocks {stage.block_start}:{stage.block_stop}; {len(program.node_names)} nodes.",
+        f"Blocks {stage.block_start}:{stage.block_stop}; {len(program.node_names)} nodes in "
+        f"{len(parts)} segment(s).",
         *_comm_summary(gm),
         f"Inputs from the caller: {', '.join(input_names) or 'none'}; returns "
         f"{len(program.output_indices)} of the model's outputs.",
@@ -54,19 +113,109 @@ def stage_source(
         "Generated by dora_fx; load the plan folder with dora_fx.load(path).",
         '"""',
         "",
-        imports,
+        _format_import_block(globals_, sys_importer),
         "import dora_fx.ir.comm_ops  # noqa: F401  registers torch.ops.dora.send / torch.ops.dora.recv",
         "",
         "",
         f"class {stage_class_name(program.index)}(torch.nn.Module):",
+        "    # per segment: the values it takes, the values it returns (None: the stage's outputs)",
+        "    SEGMENTS = (",
+        *(f"        {(p.takes, p.returns)!r}," for p in parts),
+        "    )",
+        "",
         "    def __init__(self) -> None:",
         "        super().__init__()",
         *_weight_declarations(gm),
         "",
-        textwrap.indent(src.strip("\n").rstrip(), "    "),
+        *_forward(placeholders, parts),
+        *(line for part in parts for line in ["", textwrap.indent(part.src, "    ")]),
         "",
     ]
     return "\n".join(lines)
+
+
+def _forward(placeholders: list[str], parts: Sequence[_Segment]) -> list[str]:
+    lines = [f"    def forward(self{''.join(', ' + p for p in placeholders)}):"]
+    for k, part in enumerate(parts):
+        call = f"self.segment_{k}({', '.join(part.takes)})"
+        if part.returns is None:
+            lines.append(f"        return {call}")
+        elif not part.returns:
+            lines.append(f"        {call}")
+        elif len(part.returns) == 1:
+            lines.append(f"        ({part.returns[0]},) = {call}")
+        else:
+            lines.append(f"        {', '.join(part.returns)} = {call}")
+    return lines
+
+
+def _segments(graph: torch.fx.Graph, split: bool) -> list[_Segment]:
+    """Each segment of ``graph`` as its own function (see the module doc)."""
+    (output,) = [n for n in graph.nodes if n.op == "output"]
+    cut = [[n for n in part if n.op != "placeholder"] for part in segments(graph, split)]
+    done: list[_Segment] = []
+    for k, nodes in enumerate(cut):
+        later = {n for part in cut[k + 1 :] for n in part}
+        last = k == len(cut) - 1
+        # a weight read here but used only later is read again there, where it is used
+        members = set(nodes)
+        nodes = [
+            n for n in nodes
+            if n.op != "get_attr" or any(u in members or (last and u is output) for u in n.users)
+        ]  # fmt: skip
+        users = [*nodes, output] if last else nodes
+        inside = set(nodes)
+        takes = _unique(
+            a for n in users for a in n.all_input_nodes if a not in inside and a.op != "get_attr"
+        )
+        returns = None if last else [
+            n for n in nodes
+            if n.op != "get_attr" and any(u in later or u is output for u in n.users)
+        ]  # fmt: skip
+        done.append(_segment(k, nodes, takes, returns, output))
+    return done
+
+
+def _segment(
+    k: int,
+    nodes: list[torch.fx.Node],
+    takes: list[torch.fx.Node],
+    returns: list[torch.fx.Node] | None,
+    output: torch.fx.Node,
+) -> _Segment:
+    graph = torch.fx.Graph()
+    env: dict[torch.fx.Node, torch.fx.Node] = {}
+    for node in takes:
+        env[node] = graph.placeholder(node.name)
+        env[node].meta = dict(node.meta)
+
+    def local(node: torch.fx.Node) -> torch.fx.Node:
+        if node not in env:  # a weight read in an earlier segment: read it again here
+            assert node.op == "get_attr", node
+            env[node] = graph.node_copy(node)
+        return env[node]
+
+    for node in nodes:
+        env[node] = graph.node_copy(node, local)
+    if returns is None:
+        graph.output(torch.fx.node.map_arg(output.args[0], local))
+    else:
+        graph.output(tuple(local(n) for n in returns))
+    code = graph.python_code(root_module="self")
+    src = code.src.strip().replace("def forward(self", f"def segment_{k}(self", 1)
+    return _Segment(
+        tuple(n.name for n in takes),
+        None if returns is None else tuple(n.name for n in returns),
+        src,
+        dict(code.globals),
+    )
+
+
+def _unique(nodes: Any) -> list[torch.fx.Node]:
+    seen: dict[torch.fx.Node, None] = {}
+    for node in nodes:
+        seen.setdefault(node, None)
+    return list(seen)
 
 
 def _schedule_lines(schedule: Schedule | None, index: int) -> list[str]:
@@ -80,22 +229,6 @@ def _schedule_lines(schedule: Schedule | None, index: int) -> list[str]:
         *textwrap.wrap(text, 92, initial_indent="    ", subsequent_indent="    "),
         "",
     ]
-
-
-def _mark_segments(src: str, graph: torch.fx.Graph, split: bool) -> str:
-    """A comment line before the first statement of each segment of the forward."""
-    starts = {}
-    for k, segment in enumerate(segments(graph, split)):
-        first = next((n for n in segment if n.op != "placeholder"), None)
-        if first is not None:
-            starts[first.name] = k
-    lines = []
-    for line in src.splitlines():
-        match = re.match(r"(\s+)(\w+) = ", line)
-        if match and match.group(2) in starts:
-            lines.append(f"{match.group(1)}# ---- segment F{starts.pop(match.group(2))} ----")
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def _comm_summary(gm: torch.fx.GraphModule) -> list[str]:

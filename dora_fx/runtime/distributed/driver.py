@@ -29,10 +29,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ...artifact.manifest import PlanFolder
 from ...ir.batch_split import batch_rows, split_sizes
 from ...ir.schedule import Schedule
 from ..compute_emulation import ComputeStretch, CpuSamples
 from .config import RunConfig
+from .emulation import start_emulation
 from .runner import StageRunner
 from .wiring import RankInfo, StageWiring
 
@@ -48,8 +50,10 @@ class Driver:
         schedule: Schedule,
         runner: StageRunner,
         control: Any,
+        group_size: int = 1,
     ) -> None:
         self.config, self.me, self.wiring, self.schedule = config, me, wiring, schedule
+        self.group_size = group_size  # members of this rank's data-parallel group that answered
         self.m = schedule.microbatches
         self.runner, self.transport, self.control = runner, runner.transport, control
         runner.on_item_done = self._item_done
@@ -67,7 +71,7 @@ class Driver:
         self._answer: Any = None  # rank 0 of a session: (request index, outputs) -> None
         self._stream_t0 = 0.0
 
-    def run(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    def run(self, folder: PlanFolder) -> dict[str, Any] | None:
         config = self.config
         requests: list[list[Any]] = []
         if self.me.rank == 0:
@@ -77,7 +81,7 @@ class Driver:
         total, warmup = counts
         # Phase 1: warm up and count the stage's operations (no emulation, not measured).
         ops = self._serve(requests[:warmup], warmup)
-        self._start_emulation(manifest, ops)
+        self._start_emulation(folder, ops)
         dist.barrier(group=self.control)
         # Phase 2: the measured stream.
         self.runner.stretch = ComputeStretch(self.runner.stretch.factor)
@@ -193,56 +197,19 @@ class Driver:
             for v in request
         ]
 
-    def _start_emulation(self, manifest: dict[str, Any], ops: list[Any]) -> None:
-        from ...cost_models.cluster import Cluster
-        from ...cost_models.device import Device
-        from ..compute_emulation import dilation
-        from ..cost_recorder import stage_time_s
-        from ..network_emulation import LinkShaper, MediumLedger, resource_keys
-
+    def _start_emulation(self, folder: PlanFolder, ops: list[Any]) -> None:
         if not self.config.emulate:
             return
-        if self.config.host is None or "cluster" not in manifest:
-            raise ValueError(
-                "emulation needs the calibrated host (RunConfig.host, from dora_fx.calibrate()) "
-                "and the cluster in plan.json; pass emulate=False to run without it"
-            )
-        cluster = Cluster.from_json(manifest["cluster"])
-        device, host = cluster.device(self.me.device), Device.from_json(self.config.host)
-        self.device_item_s, self.host_item_s = stage_time_s(device, ops), stage_time_s(host, ops)
-        reference = self._host_reference_s()
-        # dilation at which this device can be emulated (its time must not be below the
-        # host's), the bottleneck device, the host's contention; and the run's CPU per item
-        peak = torch.tensor(
-            [reference / max(self.device_item_s, 1e-12), self.device_item_s, self.inflation],
-            dtype=torch.float64,
-        )
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=self.control)
-        cpu = torch.tensor([self.warmup_cpu_item_s], dtype=torch.float64)
-        dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=self.control)
-        need, bottleneck_s, inflation = (float(v) for v in peak)
-        scale = self.config.time_scale or dilation(
-            need, len(self.wiring.table), float(cpu), bottleneck_s, inflation
-        )
-        self.time_scale = scale
-        factor = scale * self.device_item_s / reference if reference > 0 else scale
-        self._device_wall_s = scale * self.device_item_s
-        self.runner.stretch = ComputeStretch(factor)
-        assert self.config.ledger_path is not None
-        keys = resource_keys(cluster.network, [r.device for r in self.wiring.table])
-        self._ledger = MediumLedger(self.config.ledger_path, keys)
-        self.transport.shaper = LinkShaper(
-            cluster.network, self._ledger, scale, self.me.rank, self.schedule.contention
-        )
-
-    def _host_reference_s(self) -> float:
-        if self.config.compute_reference == "profile":
-            return self.host_item_s
-        if self.config.compute_reference == "measured":
-            return self.host_measured_item_s
-        raise ValueError(
-            f"compute_reference must be 'measured' or 'profile', got {self.config.compute_reference!r}"
-        )
+        emulation = start_emulation(
+            self.config, folder.cluster, self.me, self.wiring, self.schedule.contention, ops,
+            self.host_measured_item_s, self.warmup_cpu_item_s, self.inflation, self.control,
+        )  # fmt: skip
+        self.time_scale = emulation.time_scale
+        self.device_item_s, self.host_item_s = emulation.device_item_s, emulation.host_item_s
+        self._device_wall_s = emulation.device_wall_s
+        self.runner.stretch = ComputeStretch(emulation.stretch_factor)
+        self._ledger = emulation.ledger
+        self.transport.shaper = emulation.shaper
 
     def _stream(self, requests: list[list[Any]], indices: range) -> dict[str, Any] | None:
         self._clocks = (time.monotonic(), time.thread_time(), time.process_time())
@@ -348,6 +315,7 @@ class Driver:
             "device": self.me.device,
             "items": self.items,
             "rows": self.runner.rows,  # rows of the measured stream this rank computed
+            "group_size": self.group_size,  # its data-parallel group's process group, checked
             "busy_s": stretch.busy_wall_s / scale,
             "overrun_s": stretch.overrun_wall_s / scale,
             # wall seconds of the stream; CPU seconds of the main thread (the stage's compute

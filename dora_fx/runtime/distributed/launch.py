@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 
+from ...artifact.manifest import PlanFolder, read_plan_folder
 from ...cost_models.device import Device
 from ...errors import RankFailedError
-from ..inputs import args_kwargs, check_requests
+from ..inputs import check_requests, flatten_requests
 from .config import RunConfig
 from .supervisor import spawn_ranks
 from .wiring import rank_table
@@ -191,39 +191,30 @@ def run_local(
     predicted speed and shape transfers to the plan's network, paced by the schedule's
     contention policy (needs ``host``, the calibrated host).
     """
-    from ...artifact.folder import _load_spec, input_checks, read_manifest
-    from ..inputs import flatten_inputs
-    from .runner import rank_schedule
-
-    plan_dir = Path(plan_dir)
-    manifest = read_manifest(plan_dir)
-    in_spec, out_spec = _load_spec(manifest["in_spec"]), _load_spec(manifest["out_spec"])
-    flat_requests = [flatten_inputs(*args_kwargs(r), in_spec) for r in requests]
-    compiled = rank_schedule(manifest).microbatches
+    folder = read_plan_folder(plan_dir)
+    flat_requests = flatten_requests(folder.call, enumerate(requests))
+    compiled = folder.schedule.microbatches
     m = microbatches or compiled
     notes = [] if m == compiled else [
         f"note: ran the plan's schedule relowered for {m} microbatch(es); it was compiled for "
         f"{compiled}"
     ]  # fmt: skip
-    check_requests(
-        input_checks(manifest), enumerate(flat_requests), m,
-        ", or pass microbatches= a smaller count",
-    )  # fmt: skip
+    check_requests(folder.call, flat_requests, m, ", or pass microbatches= a smaller count")
     if port:
         _check_port(port)
     with tempfile.TemporaryDirectory(prefix="dora_run_") as run_dir:
         config = run_config(
-            plan_dir, run_dir, microbatches=microbatches, in_flight=in_flight,
+            folder.path, run_dir, microbatches=microbatches, in_flight=in_flight,
             rate_rps=rate_rps, warmup=warmup, timeout_s=timeout_s, emulate=emulate,
             time_scale=time_scale, host=host, compute_reference=compute_reference,
             threads=threads, keep_outputs=keep_outputs, fault=fault,
         )  # fmt: skip
-        torch.save(flat_requests, config.requests_path)
+        torch.save([flat for _, flat in flat_requests], config.requests_path)
         started = time.monotonic()
-        _spawn_and_wait(config, manifest, run_dir, port or free_port(), progress)
+        _spawn_and_wait(config, folder, run_dir, port or free_port(), progress)
         wall_s = time.monotonic() - started
         raw = torch.load(os.path.join(run_dir, "result.pt"), weights_only=True)
-    outputs = [pytree.tree_unflatten(flat, out_spec) for flat in raw["outputs"] if flat]
+    outputs = [folder.call.unflatten(flat) for flat in raw["outputs"] if flat]
     return DistributedResult.from_raw(raw, outputs, wall_s, emulate, notes)
 
 
@@ -251,16 +242,14 @@ def run_config(
 
 def _spawn_and_wait(
     config: RunConfig,
-    manifest: dict[str, Any],
+    folder: PlanFolder,
     run_dir: str,
     port: int,
     progress: Callable[[int, int], None] | None,
     procs: list[subprocess.Popen[bytes]] | None = None,
 ) -> None:
-    from ...ir.plan import Plan
-
     spawn_ranks(
-        "dora_fx.runtime.distributed.launch", config.to_json(), rank_table(Plan.from_json(manifest["plan"])),
+        "dora_fx.runtime.distributed.launch", config.to_json(), rank_table(folder.plan),
         run_dir, port, progress, timeout_s=config.timeout_s, threads=config.threads,
         progress_path=config.progress_path, procs=procs,
     )  # fmt: skip

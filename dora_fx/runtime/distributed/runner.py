@@ -35,34 +35,15 @@ from typing import Any
 import torch
 
 from ...ir.comm_ops import use_transport
-from ...ir.lowering import Step, lower, relower
-from ...ir.schedule import Action, Kind, Schedule, ScheduleError, StageSchedule
+from ...ir.schedule import Action, Kind, ScheduleError, StageSchedule
 from ..compute_emulation import ComputeStretch
 from ..cost_recorder import CostRecorder, OpCost
 from ..segments import SegmentProgram, StageView
 from .transport import DistTransport, Sending
 
-__all__ = ["rank_schedule", "StageRunner", "TRACE_LIMIT"]
+__all__ = ["StageRunner", "TRACE_LIMIT"]
 
 TRACE_LIMIT = 4096  # executed actions kept per rank
-
-
-def rank_schedule(manifest: dict[str, Any], microbatches: int | None = None) -> Schedule:
-    """The run's schedule: the one in plan.json (relowered when ``microbatches`` asks for
-    another count), or, for a plan saved without one, each stage whole (receive everything,
-    compute, send) for one microbatch."""
-    entries = [e.get("schedule") for e in manifest["stages"]]
-    if all(entries):
-        schedule = Schedule.from_stage_entries(entries)  # type: ignore[arg-type]
-    else:
-        steps = [
-            [Step("recv", r["tag"], r["peer"]) for r in e.get("recvs", [])]
-            + [Step("compute", 0)]
-            + [Step("send", t["tag"], t["peer"]) for t in e.get("sends", [])]
-            for e in manifest["stages"]
-        ]
-        schedule = lower(steps, 1, "overlap", "fair")
-    return relower(schedule, microbatches or schedule.microbatches)
 
 
 @dataclass
@@ -87,6 +68,7 @@ class StageRunner:
         microbatches: int,
         program: SegmentProgram,
         transport: DistTransport,
+        grad: bool = False,
     ) -> None:
         if actions.segments_used() != program.count:
             raise ScheduleError(
@@ -95,6 +77,7 @@ class StageRunner:
             )
         self.stage, self.actions, self.m = stage, actions.actions, microbatches
         self.program, self.transport = program, transport
+        self.grad = grad  # autograd on while computing (training's forward), off for inference
         self.stretch = ComputeStretch(None)
         last_compute = max(i for i, a in enumerate(self.actions) if a.kind is Kind.COMPUTE)
         last_mb = max(a.mb for a in self.actions)
@@ -178,7 +161,7 @@ class StageRunner:
         recorder = CostRecorder() if item == self.record_item else None
         cpu_before = self.stretch.busy_cpu_s
         self.stretch.resume()
-        with torch.no_grad(), use_transport(state.view):  # type: ignore[arg-type]
+        with torch.set_grad_enabled(self.grad), use_transport(state.view):  # type: ignore[arg-type]
             if recorder is not None:
                 with recorder:
                     outputs = self.program.run(state.state, segment)

@@ -33,10 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.utils._pytree as pytree
 
+from ...artifact.manifest import PlanFolder, read_plan_folder
 from ...errors import DeviceLost, RankFailedError
+from ..inputs import check_requests, flatten_requests
+from .config import RunConfig
 from .inbox import POLL_S, atomic_save
+from .launch import _spawn_and_wait, free_port, run_config
+from .supervisor import kill_all
 
 __all__ = ["Session"]
 
@@ -50,42 +54,34 @@ class Session:
     """
 
     def __init__(self, plan_dir: str | Path, example: Any, **options: Any) -> None:
-        from ...artifact.folder import _load_spec, input_checks, read_manifest
-        from ..inputs import args_kwargs, check_requests, flatten_inputs
-        from .launch import run_config
-        from .runner import rank_schedule
-
-        manifest = read_manifest(Path(plan_dir))
-        self._microbatches = options.get("microbatches") or rank_schedule(manifest).microbatches
+        folder = read_plan_folder(plan_dir)
+        self._call = folder.call
+        self._microbatches = options.get("microbatches") or folder.schedule.microbatches
         self._procs: list[Any] = []
-        self._in_spec = _load_spec(manifest["in_spec"])
-        self._out_spec = _load_spec(manifest["out_spec"])
         self._dir = tempfile.TemporaryDirectory(prefix="dora_session_")
         run_dir = Path(self._dir.name)
         self.inbox, self.outbox = run_dir / "inbox", run_dir / "outbox"
         self.inbox.mkdir()
         self.outbox.mkdir()
         warmup = options.pop("warmup", 3)
-        flat = flatten_inputs(*args_kwargs(example), self._in_spec)
-        self._input_checks = input_checks(manifest)
-        check_requests(self._input_checks, [(0, flat)])
-        config = run_config(plan_dir, str(run_dir), warmup=warmup, **options)
+        flats = flatten_requests(self._call, [(0, example)])
+        check_requests(self._call, flats)
+        flat = flats[0][1]
+        config = run_config(folder.path, str(run_dir), warmup=warmup, **options)
         config.inbox_dir = str(self.inbox)
         torch.save([flat] * max(warmup, 1), config.requests_path)
         self._submitted = 0
         self._submit_lock = threading.Lock()
         self.error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._serve, args=(config, manifest, str(run_dir)), daemon=True,
+            target=self._serve, args=(config, folder, str(run_dir)), daemon=True,
             name=f"dora-session-{Path(plan_dir).name}",
         )  # fmt: skip
         self._thread.start()
 
-    def _serve(self, config: Any, manifest: dict[str, Any], run_dir: str) -> None:
-        from .launch import _spawn_and_wait, free_port
-
+    def _serve(self, config: RunConfig, folder: PlanFolder, run_dir: str) -> None:
         try:
-            _spawn_and_wait(config, manifest, run_dir, free_port(), None, self._procs)
+            _spawn_and_wait(config, folder, run_dir, free_port(), None, self._procs)
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             self.error = exc
 
@@ -94,10 +90,8 @@ class Session:
         request the plan cannot take (inputs not of the compiled sizes, or fewer rows than the
         schedule's microbatches) is refused here, before anything is queued: on the ranks it
         would end the session."""
-        from ..inputs import args_kwargs, check_requests, flatten_inputs
-
-        flats = [(rid, flatten_inputs(*args_kwargs(r), self._in_spec)) for rid, r in items]
-        check_requests(self._input_checks, flats, self._microbatches)
+        flats = flatten_requests(self._call, items)
+        check_requests(self._call, flats, self._microbatches)
         with self._submit_lock:  # sequence numbers in order, whoever submits
             for rid, flat in flats:
                 atomic_save((rid, flat), self.inbox / f"{self._submitted:08d}.pt")
@@ -106,7 +100,7 @@ class Session:
     def _read(self, rid: int) -> Any:
         """Request ``rid``'s answer, taken out of the outbox."""
         path = self.outbox / f"{rid}.pt"
-        outputs = pytree.tree_unflatten(torch.load(path, weights_only=True), self._out_spec)
+        outputs = self._call.unflatten(torch.load(path, weights_only=True))
         path.unlink()
         return outputs
 
@@ -147,8 +141,6 @@ class Session:
     def close(self, timeout_s: float = 60.0) -> None:
         """Ask the ranks to finish and wait for them (stopped after ``timeout_s``); the
         session's folder is removed."""
-        from .supervisor import kill_all
-
         (self.inbox / "end").touch()
         self._thread.join(timeout_s)
         if self._thread.is_alive():

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...artifact.manifest import PlanFolder
 from ...ir.plan import Plan
 
 __all__ = ["RankInfo", "rank_table", "StageWiring"]
@@ -52,19 +53,18 @@ class StageWiring:
     output_stages: dict[int, list[int]]  # stage -> user output positions it returns
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> StageWiring:
-        plan = Plan.from_json(manifest["plan"])
+    def from_folder(cls, folder: PlanFolder) -> StageWiring:
         send_dims, recv_dims, output_dims = {}, {}, {}
         inputs, outputs = {}, {}
-        for entry in manifest["stages"]:
-            index = entry["index"]
-            send_dims[index] = {(s["peer"], s["tag"]): _batch_dim(s) for s in entry["sends"]}
-            recv_dims[index] = {(r["peer"], r["tag"]): _batch_dim(r) for r in entry["recvs"]}
-            for position, spec in zip(entry["output_indices"], entry["outputs"]):
+        for entry in folder.stages:
+            index, transfers = entry.index, entry.transfers
+            send_dims[index] = {(s["peer"], s["tag"]): _batch_dim(s) for s in transfers["sends"]}
+            recv_dims[index] = {(r["peer"], r["tag"]): _batch_dim(r) for r in transfers["recvs"]}
+            for position, spec in zip(entry.output_indices, transfers["outputs"]):
                 output_dims[position] = None if spec is None else spec.get("batch_dim")
-            inputs[index] = list(entry["input_indices"])
-            outputs[index] = list(entry["output_indices"])
-        return cls(rank_table(plan), send_dims, recv_dims, output_dims, inputs, outputs)
+            inputs[index] = list(entry.input_indices)
+            outputs[index] = list(entry.output_indices)
+        return cls(rank_table(folder.plan), send_dims, recv_dims, output_dims, inputs, outputs)
 
     @property
     def num_stages(self) -> int:

@@ -1,0 +1,98 @@
+"""Distributed runtime, emulation set-up: how a rank starts emulating its device and links
+after the warm-up (``driver``).
+
+Every rank prices its stage's recorded ops on its device and on the calibrated host, and the
+ranks agree (all-reduce over the control group) on one dilation, ``time_scale`` (wall seconds
+per emulated second): the smallest at which every device can be emulated on this host given
+the bottleneck device and the host's contention (``compute_emulation.dilation``). Compute is
+then stretched to the device's speed (``ComputeStretch``, relative to the stage's measured
+host time or the host profile: ``RunConfig.compute_reference``), and transfers are shaped to
+the plan's links and shared media (``LinkShaper`` on the ledger every process reserves airtime
+on), paced by the schedule's contention policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ...cost_models.cluster import Cluster
+from ...cost_models.device import Device
+from ..compute_emulation import dilation
+from ..cost_recorder import OpCost, stage_time_s
+from ..network_emulation import LinkShaper, MediumLedger, resource_keys
+from .config import RunConfig
+from .wiring import RankInfo, StageWiring
+
+__all__ = ["Emulation", "start_emulation"]
+
+
+@dataclass(frozen=True)
+class Emulation:
+    time_scale: float
+    device_item_s: float  # predicted seconds of one item on the emulated device
+    host_item_s: float  # the same on the host's profile
+    device_wall_s: float  # wall seconds one item takes under emulation
+    stretch_factor: float
+    ledger: MediumLedger
+    shaper: LinkShaper
+
+
+def start_emulation(
+    config: RunConfig,
+    cluster_json: dict[str, Any] | None,
+    me: RankInfo,
+    wiring: StageWiring,
+    contention: str,
+    ops: list[OpCost],
+    host_measured_item_s: float,
+    warmup_cpu_item_s: float,
+    inflation: float,
+    control: Any,
+) -> Emulation:
+    """Agree on the dilation with the other ranks and build this rank's compute stretch and
+    link shaper (see the module doc). A collective: every rank calls it."""
+    if config.host is None or cluster_json is None:
+        raise ValueError(
+            "emulation needs the calibrated host (RunConfig.host, from dora_fx.calibrate()) "
+            "and the cluster in plan.json; pass emulate=False to run without it"
+        )
+    cluster = Cluster.from_json(cluster_json)
+    device, host = cluster.device(me.device), Device.from_json(config.host)
+    device_item_s, host_item_s = stage_time_s(device, ops), stage_time_s(host, ops)
+    reference = _host_reference_s(config.compute_reference, host_item_s, host_measured_item_s)
+    # dilation at which this device can be emulated (its time must not be below the
+    # host's), the bottleneck device, the host's contention; and the run's CPU per item
+    peak = torch.tensor(
+        [reference / max(device_item_s, 1e-12), device_item_s, inflation], dtype=torch.float64
+    )
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=control)
+    cpu = torch.tensor([warmup_cpu_item_s], dtype=torch.float64)
+    dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=control)
+    need, bottleneck_s, most_inflated = (float(v) for v in peak)
+    scale = config.time_scale or dilation(
+        need, len(wiring.table), float(cpu), bottleneck_s, most_inflated
+    )
+    assert config.ledger_path is not None
+    keys = resource_keys(cluster.network, [r.device for r in wiring.table])
+    ledger = MediumLedger(config.ledger_path, keys)
+    return Emulation(
+        time_scale=scale,
+        device_item_s=device_item_s,
+        host_item_s=host_item_s,
+        device_wall_s=scale * device_item_s,
+        stretch_factor=scale * device_item_s / reference if reference > 0 else scale,
+        ledger=ledger,
+        shaper=LinkShaper(cluster.network, ledger, scale, me.rank, contention),
+    )
+
+
+def _host_reference_s(reference: str, profile_item_s: float, measured_item_s: float) -> float:
+    if reference == "profile":
+        return profile_item_s
+    if reference == "measured":
+        return measured_item_s
+    raise ValueError(f"compute_reference must be 'measured' or 'profile', got {reference!r}")
