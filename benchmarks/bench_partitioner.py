@@ -122,14 +122,12 @@ def _graph_code_hash() -> str:
 def model_blocks(name: str, batch: int) -> tuple[list[Block], float]:
     path = CACHE / _graph_code_hash() / f"{name}_b{batch}.json"
     if not path.exists():
-        from dora_fx.compiler.pipeline import PASSES, run_passes
-        from dora_fx.compiler.state import CompileState
+        from dora_fx.compiler.pipeline import front_end
         from dora_fx.models import build
 
         path.parent.mkdir(parents=True, exist_ok=True)
         model, inputs = build(name, size="full", batch=2)
-        state = CompileState(model, inputs, {}, scenarios.edge_cluster(2), QoE())
-        run_passes(state, PASSES[:3])
+        state = front_end(model, inputs)
         assert state.chain is not None
         for b in (1, 8):
             blocks, input_bytes = state.chain.at(b)

@@ -88,10 +88,11 @@ class CompiledModel(LocalPipeline):
     def __init__(self, state: CompileState, notes: list[str]) -> None:
         assert state.captured is not None and state.plan is not None
         assert state.call is not None and state.schedule is not None
+        assert state.cluster is not None
         super().__init__(state.stages, state.call, state.schedule, state.model.training)
         self.state = state
         self.plan = state.plan
-        self.cluster = state.cluster
+        self.cluster: Cluster = state.cluster
         self.qoe = state.qoe
         self.notes = notes + state.captured.notes
 

@@ -42,6 +42,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def explain_state(state: CompileState, notes: list[str], batch: int | None = None) -> str:
     assert state.plan is not None and state.chain is not None and state.captured is not None
+    assert state.cluster is not None
     batch = state.qoe.batch if batch is None else batch
     blocks, input_bytes = state.chain.at(batch)
     plan = state.plan

@@ -180,19 +180,13 @@ def _problem(args: argparse.Namespace, cluster: Cluster) -> Problem:
             return problem_from_json(data, cluster, qoe_from_args(args, batch, args.rate))
         except (OSError, json.JSONDecodeError) as exc:
             raise PlanError(f"cannot read problem file {args.problem}: {exc}") from None
-    import sympy
-
-    from ..compiler.capture import capture
-    from ..compiler.passes.annotate_costs import CostSymbols, annotate_costs
-    from ..compiler.passes.coarsen import coarsen
+    from ..compiler.pipeline import front_end
     from ..models import build
 
     model, example = build(args.model, size=args.size, batch=args.batch)
-    captured = capture(model.eval(), example, {})
-    symbols = CostSymbols.from_names(captured.symbols)
-    scale = None if captured.symbols else symbols.batch / sympy.Integer(captured.example_batch)
-    annotate_costs(captured.gm, symbols, scale)
-    blocks, input_bytes = coarsen(captured.gm, symbols).at(args.batch)
+    chain = front_end(model.eval(), example).chain
+    assert chain is not None
+    blocks, input_bytes = chain.at(args.batch)
     qoe = qoe_from_args(args, args.batch, args.rate)
     return Problem(tuple(blocks), cluster, qoe, args.batch, input_bytes)
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import sympy
+import torch
 
 from ..analysis.problem import Problem
 from ..errors import DoraError, PassError
@@ -39,7 +41,7 @@ from .passes.schedule_comm import schedule_comm
 from .passes.verify import verify_state
 from .state import CompileState
 
-__all__ = ["CompileState", "PASSES", "run_passes"]
+__all__ = ["FRONT_END", "PASSES", "front_end", "run_passes"]
 
 log = logging.getLogger("dora_fx")
 
@@ -65,7 +67,7 @@ def _coarsen(state: CompileState) -> None:
 
 
 def _partition(state: CompileState) -> None:
-    assert state.chain is not None
+    assert state.chain is not None and state.cluster is not None
     blocks, input_bytes = state.chain.at(state.qoe.batch)
     state.problem = Problem(tuple(blocks), state.cluster, state.qoe, state.qoe.batch, input_bytes)
     if state.given_plan is not None:
@@ -120,6 +122,27 @@ PASSES: list[Pass] = [
     ("schedule_comm", _schedule_comm),
     ("codegen", _codegen),
 ]
+
+
+FRONT_END = PASSES[:3]  # capture, annotate_costs, coarsen: the model as costed blocks
+
+
+def front_end(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any],
+    example_kwargs: dict[str, Any] | None = None,
+    *,
+    seq_dim: int | None = None,
+    max_blocks: int = 100,
+) -> CompileState:
+    """The passes every use of a model starts with (``FRONT_END``), for the planner's blocks,
+    the simulator's problems and cost predictions alike: the state after ``coarsen``
+    (``captured``, ``symbols``, ``chain``)."""
+    state = CompileState(
+        model, tuple(example_inputs), dict(example_kwargs or {}), seq_dim=seq_dim,
+        max_blocks=max_blocks,
+    )  # fmt: skip
+    return run_passes(state, FRONT_END)
 
 
 def run_passes(state: CompileState, passes: list[Pass] = PASSES) -> CompileState:

@@ -23,17 +23,13 @@ __all__ = ["annotated_graph", "predict_graph_s", "predict_forward_s"]
 def annotated_graph(
     model: torch.nn.Module, example_inputs: tuple[Any, ...]
 ) -> tuple[Any, Any, int]:
-    """Capture ``model`` and annotate its node costs: ``(graph module, cost symbols, batch)``."""
-    import sympy
+    """Capture ``model`` and annotate its node costs (``pipeline.front_end``): ``(graph
+    module, cost symbols, batch)``."""
+    from .pipeline import front_end
 
-    from .capture import capture
-    from .passes.annotate_costs import CostSymbols, annotate_costs
-
-    captured = capture(model, tuple(example_inputs), {})
-    symbols = CostSymbols.from_names(captured.symbols)
-    scale = None if captured.symbols else symbols.batch / sympy.Integer(captured.example_batch)
-    annotate_costs(captured.gm, symbols, scale)
-    return captured.gm, symbols, captured.example_batch
+    state = front_end(model, example_inputs)
+    assert state.captured is not None
+    return state.captured.gm, state.symbols, state.captured.example_batch
 
 
 def predict_graph_s(

@@ -30,8 +30,8 @@ class CompileState:
     model: torch.nn.Module
     example_inputs: tuple[Any, ...]
     example_kwargs: dict[str, Any]
-    cluster: Cluster
-    qoe: QoE
+    cluster: Cluster | None = None  # None: the front end alone (``pipeline.front_end``)
+    qoe: QoE = field(default_factory=QoE)
     num_stages: int | None = None
     seq_dim: int | None = None
     max_blocks: int = 100
