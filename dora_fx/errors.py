@@ -70,7 +70,7 @@ class ProfileError(DoraError, ValueError):
 class RankFailedError(DoraError, RuntimeError):
     """A rank of a distributed run died, hung or failed; the message names the rank, its stage
     and device, and what to do. ``answered``: request id -> outputs given before the failure
-    (filled by a streaming ``runtime.session.Session``)."""
+    (filled by a streaming ``runtime.distributed.session.Session``)."""
 
     answered: dict[int, Any]
 

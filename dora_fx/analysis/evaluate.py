@@ -1,6 +1,6 @@
 """Analytic evaluation of a plan: the closed forms the partitioner calls thousands of times.
 
-From the per-microbatch work of ``sim.work.plan_work`` (the same figures the simulator
+From the per-microbatch work of ``analysis.work.plan_work`` (the same figures the simulator
 replays), for ``m`` microbatches through the chain of steps
 ``input transfer, stage 0, transfer 0->1, stage 1, ..., stage K-1 [, output transfer]``:
 

@@ -1,12 +1,6 @@
-"""Calibration: measure this host and fit its roofline, so predictions rest on measurements.
-
-``calibrate()`` runs each part of the microbenchmarks in a fresh Python process with the
-caller's thread count (``measure_host``), fits a roofline ``Device`` to the rows
-(``fit_device``) and saves it, with the rows and the host's details, as a profile JSON that
-``Device.from_profile`` reads; the distributed runtime's emulation scales from it.
-``predict_forward_s`` sums the node rooflines of a captured model for checking.
-
-What is measured and why: ``microbench``; how each ``Device`` field is fitted: ``fit``.
+"""Predicted compute time of a whole model on a device, from its captured graph: the sum of its
+nodes' rooflines (``Device.node_time_s``) at a batch. The calibration benchmark checks the
+cost model with it against measured forward passes.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 caller's thread count (``measure_host``), fits a roofline ``Device`` to the rows
 (``fit_device``) and saves it, with the rows and the host's details, as a profile JSON that
 ``Device.from_profile`` reads; the distributed runtime's emulation scales from it.
-``predict_forward_s`` sums the node rooflines of a captured model for checking.
+(``compiler.predict`` sums the node rooflines of a captured model, to check the fit.)
 
 What is measured and why: ``microbench``; how each ``Device`` field is fitted: ``fit``.
 """

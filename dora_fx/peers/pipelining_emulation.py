@@ -20,12 +20,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..cost_models.cluster import Cluster
-from ..runtime.compute_emulation import ComputeStretch, dilation, measured_reference_s
+from ..runtime.compute_emulation import ComputeStretch, agree_dilation, measured_reference_s
 from ..runtime.cost_recorder import CostRecorder, OpCost, stage_time_s
 from ..runtime.network_emulation import LinkShaper, MediumLedger, resource_keys
 from .pipelining_config import PeerConfig
@@ -143,16 +142,10 @@ def _start_emulation(
     device_item_s = emulation.device_item_s = stage_time_s(device, emulation.ops or [])
     stretch = emulation.stretch
     inflation = stretch.busy_wall_s / stretch.busy_cpu_s if stretch.busy_cpu_s else 1.0
-    peak = torch.tensor(
-        [reference / max(device_item_s, 1e-12), device_item_s, inflation], dtype=torch.float64
-    )
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=control)
-    cpu = torch.tensor([cpu_item_s], dtype=torch.float64)
-    dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=control)
-    need, bottleneck_s, worst_inflation = (float(v) for v in peak)
-    scale = config.time_scale or dilation(
-        need, len(config.devices), float(cpu), bottleneck_s, worst_inflation
-    )
+    scale = agree_dilation(
+        reference, device_item_s, inflation, cpu_item_s, len(config.devices), control,
+        config.time_scale,
+    )  # fmt: skip
     emulation.device_wall_s = scale * device_item_s
     emulation.stretch.factor = emulation.device_wall_s / reference if reference > 0 else scale
     keys = resource_keys(cluster.network, config.devices)

@@ -7,7 +7,7 @@ With one microbatch every figure ``evaluate`` reports is a sum or a maximum of p
 per-transition terms, which these tables hold:
 
 * option: compute time of the stage ``C = max_d t_d`` with ``t_d`` the roofline time of device
-  ``d`` on its share ``s_d`` (``sim.work``: FLOPs and activation traffic scale with ``s_d``,
+  ``d`` on its share ``s_d`` (``analysis.work``: FLOPs and activation traffic scale with ``s_d``,
   weight traffic and per-op overhead do not), the busy-energy term
   ``sum_d (P_busy_d - P_idle_d) t_d``, per-class busy sums, and whether each device's memory
   (weights of ``[a, b)`` plus ``s_d`` times the activation peak) fits;
@@ -99,7 +99,7 @@ def _device_time_s(
     share: float,
     sums: dict[str, FloatArray],
 ) -> FloatArray:
-    """``Device.block_time_s`` of device's share of every block range (see sim.work)."""
+    """``Device.block_time_s`` of device's share of every block range (see analysis.work)."""
     flops, dense, moved = sums["flops"], sums["dense"], sums["bytes"]
     params, ops = sums["params"], sums["ops"]
     fixed = np.minimum(params, moved)
@@ -123,7 +123,7 @@ def _device_time_s(
 
 
 def _activation_peak(problem: Problem) -> FloatArray:
-    """``peak[a, b]``: live activation bytes inside a stage over ``[a, b)`` (sim.work): the
+    """``peak[a, b]``: live activation bytes inside a stage over ``[a, b)`` (analysis.work): the
     largest input + output of one block, or the stage's own input + output."""
     out = np.array([b.out_bytes for b in problem.blocks])
     n = len(out)

@@ -26,6 +26,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
+from typing import Any
 
 __all__ = [
     "contention_margin",
@@ -136,6 +137,32 @@ def dilation(
         host_capacity_scale(cpu_per_item_s, bottleneck_item_s, inflation),
         1.0,
     )
+
+
+def agree_dilation(
+    reference_s: float,
+    device_item_s: float,
+    inflation: float,
+    cpu_item_s: float,
+    ranks: int,
+    control: Any,
+    time_scale: float | None = None,
+) -> float:
+    """The time scale every rank of a run agrees on (a collective over ``control``; every
+    rank calls it): ``dilation`` of the largest host over device time of any rank
+    (``reference_s`` / ``device_item_s``), the bottleneck device, the most inflated host
+    compute and the CPU all ranks need per item; ``time_scale`` when the run fixes one."""
+    import torch
+    import torch.distributed as dist
+
+    peak = torch.tensor(
+        [reference_s / max(device_item_s, 1e-12), device_item_s, inflation], dtype=torch.float64
+    )
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=control)
+    cpu = torch.tensor([cpu_item_s], dtype=torch.float64)
+    dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=control)
+    need, bottleneck_s, most_inflated = (float(v) for v in peak)
+    return time_scale or dilation(need, ranks, float(cpu), bottleneck_s, most_inflated)
 
 
 class ComputeStretch:

@@ -1,22 +1,8 @@
-"""Discrete-event simulation of a plan serving a stream of requests.
-
-Each request (the problem's batch) is cut into microbatches that flow through the stages::
-
-    source --in--> stage 0 [dev a | dev b] --> stage 1 [dev c] --> ... --> stage K-1 [--out--> sink]
-
-* A device runs one compute task at a time, first come first served (a device that holds two
-  stages interleaves them in arrival order).
-* A transfer is a flow on the fluid network (``sim.fluid``): concurrent flows divide links
-  and shared media. Flows between one pair of devices go in order, one at a time (one
-  connection). A flow's last bit arrives ``path latency`` after it is sent.
-* ``overlap=True``: a device hands its outputs to the network and computes the next task
-  while they are sent. ``overlap=False`` (naive blocking send): it stays busy until they have
-  left.
-* Arrivals: closed loop (``concurrency`` requests in flight; a finished request lets the next
-  one in) or open loop at ``request_rate_rps`` (periodic, or Poisson with ``seed``).
-
-Deterministic: the event heap breaks ties by insertion order and the only randomness is the
-seeded Poisson stream. Energy uses ``cost_models.energy`` over the whole run.
+"""What to simulate (``SimConfig``): how many requests, how they arrive (closed loop of
+``concurrency`` in flight, or open loop at ``request_rate_rps``, periodic or Poisson), how
+each is cut into microbatches, whether sends overlap compute, where requests come from and
+results go. The simulator (``sim.simulator``) and the schedule simulator
+(``sim.scheduled``) both read it.
 """
 
 from __future__ import annotations

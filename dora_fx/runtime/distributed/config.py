@@ -44,7 +44,7 @@ class RunConfig:
     threads: int = 1
     keep_outputs: bool = True
     fault: dict[str, Any] | None = None
-    inbox_dir: str | None = None  # a streaming session (``runtime.session``)
+    inbox_dir: str | None = None  # a streaming session (``session``)
     grad: bool = False  # run the stages with autograd recording (inference: off)
     training: bool = False  # the stage modules' train/eval mode
 

@@ -1,23 +1,18 @@
-"""Distributed runtime, driver: what one rank does from start to end of a run.
-
-``run_rank`` joins the process group, loads the rank's stage and its schedule from the plan
-folder (``distributed_schedule.rank_schedule``: the microbatch count is the schedule's) and
-hands them to a ``Driver``, which
+"""Distributed runtime, driver: what a rank does with its stage once it is set up (``rank``):
 
 1. warms up: runs ``warmup`` requests unmeasured and not emulated, recording the stage's ops
    (``cost_recorder.CostRecorder``) and its CPU time per item (one microbatch of one request);
-2. starts emulation (when asked): the dilation every rank agrees on (``time_scale``), the
-   compute stretch of this device and the link shaper on the shared-medium ledger, paced by
-   the schedule's contention policy;
+2. starts emulation (when asked; ``emulation``): the dilation every rank agrees on
+   (``time_scale``), the compute stretch of this device and the link shaper on the
+   shared-medium ledger, paced by the schedule's contention policy;
 3. streams the measured requests: rank 0 releases them (closed loop of ``in_flight``, or open
    loop at ``rate_rps``), cuts each into the schedule's microbatches, scatters the inputs, runs
    its own stage's actions and collects the outputs; every other rank executes its stage's
-   actions once per request (``distributed_schedule.StageRunner``);
-4. reports: rank 0 gathers every rank's metrics (with the trace of executed actions) and
-   writes the result.
+   actions once per request (``runner.StageRunner``); a session serves its inbox in rounds;
+4. reports its metrics (with the trace of executed actions), which rank 0 gathers.
 
 Faults injected on purpose (``RunConfig.fault``) exercise the failure path; tensors move
-through ``distributed_transport.DistTransport``.
+through ``transport.DistTransport``.
 """
 
 from __future__ import annotations

@@ -16,12 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.distributed as dist
-
 from ...cost_models.cluster import Cluster
 from ...cost_models.device import Device
-from ..compute_emulation import dilation
+from ..compute_emulation import agree_dilation
 from ..cost_recorder import OpCost, stage_time_s
 from ..network_emulation import LinkShaper, MediumLedger, resource_keys
 from .config import RunConfig
@@ -64,18 +61,10 @@ def start_emulation(
     device, host = cluster.device(me.device), Device.from_json(config.host)
     device_item_s, host_item_s = stage_time_s(device, ops), stage_time_s(host, ops)
     reference = _host_reference_s(config.compute_reference, host_item_s, host_measured_item_s)
-    # dilation at which this device can be emulated (its time must not be below the
-    # host's), the bottleneck device, the host's contention; and the run's CPU per item
-    peak = torch.tensor(
-        [reference / max(device_item_s, 1e-12), device_item_s, inflation], dtype=torch.float64
-    )
-    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=control)
-    cpu = torch.tensor([warmup_cpu_item_s], dtype=torch.float64)
-    dist.all_reduce(cpu, op=dist.ReduceOp.SUM, group=control)
-    need, bottleneck_s, most_inflated = (float(v) for v in peak)
-    scale = config.time_scale or dilation(
-        need, len(wiring.table), float(cpu), bottleneck_s, most_inflated
-    )
+    scale = agree_dilation(
+        reference, device_item_s, inflation, warmup_cpu_item_s, len(wiring.table), control,
+        config.time_scale,
+    )  # fmt: skip
     assert config.ledger_path is not None
     keys = resource_keys(cluster.network, [r.device for r in wiring.table])
     ledger = MediumLedger(config.ledger_path, keys)

@@ -1,25 +1,11 @@
-"""Streaming sessions: a saved plan's ranks stay up and serve requests as they come.
-
-``run_local`` starts one process per device, serves a fixed list of requests and ends; a
-*session* starts them once and keeps them serving, so a dispatcher can move requests onto a
-plan that is already running (re-sending after a device loss then costs the serving time,
-not a process start and a warm-up).
-
-The launcher and rank 0 talk through two folders of the run directory:
+"""Distributed runtime, inbox: the folders through which a session's launcher side and its
+rank 0 exchange requests and answers (``session``).
 
 * ``inbox/``: the launcher drops ``SEQ.pt`` files, each ``(request_id, flat_inputs)``
-  (written to a temporary name and renamed, so rank 0 never reads half a file), and a file
-  named ``end`` to stop the session;
+  (written to a temporary name and renamed, ``atomic_save``, so rank 0 never reads half a
+  file), and a file named ``end`` to stop the session; rank 0 takes them in order (``Inbox``);
 * ``outbox/``: rank 0 writes ``REQUEST_ID.pt`` (the request's flat outputs) as soon as the
-  request is answered, renamed into place the same way.
-
-Rank 0 drains the inbox in *rounds*: it tells every rank over the control group how many
-requests the round has (0: nothing yet, a heartbeat every ``HEARTBEAT_S``; -1: the end),
-then all run them as one stream (``distributed_driver``). A failed rank ends the session
-with ``RankFailedError``; ``exc.answered`` holds the answers it wrote to the ids waited for.
-
-Rounds are barriers: a request that arrives while a round runs waits for that round to end
-(the pipeline drains between rounds), so a session pipelines requests only within a round.
+  request is answered (``write_answer``), renamed into place the same way.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 own session, so the whole group can be killed), streams the requests through the pipeline and
 returns a ``DistributedResult``. It never hangs: a rank that dies or hangs makes the others stop
 within ``timeout_s`` (their P2P waits time out or see the connection close), and the launcher
-kills what is left and raises ``RankFailedError`` naming the rank, its stage and its device.
+kills what is left and raises ``DeviceLost`` naming the rank, its stage and its device.
 
 Under torchrun (several hosts work the same as one)::
 
@@ -13,11 +13,10 @@ Under torchrun (several hosts work the same as one)::
 
 reads RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT from the environment; rank 0 writes the
 result. ``requests.pt`` is ``torch.save`` of a list of requests, each the flat list of user
-inputs (``runtime.local.flatten_inputs``).
+inputs (``ir.call_spec.CallSpec.flatten``).
 
-This module prepares a run and reads its result; starting, supervising and stopping the rank
-processes, and the worker side, live in ``runtime.rank_processes`` (``spawn_ranks`` and
-``run_worker`` are re-exported here).
+This module prepares a run and reads its result; ``supervisor`` starts, watches and stops the
+rank processes, ``worker`` is each process's side.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
-"""Distributed runtime, schedule: one rank executing its stage's action list.
+"""Distributed runtime, runner: one rank executing its stage's action list.
 
-Every rank reads the schedule from plan.json (``stages[k]["schedule"]``, one entry per stage;
-``rank_schedule``) and executes its stage's actions once per request, microbatch ``mb`` of
+Every rank takes the compiled schedule from the plan folder (``artifact.PlanFolder.schedule``)
+and executes its stage's actions once per request, microbatch ``mb`` of
 request ``r`` being item ``r * microbatches + mb`` of the transport:
 
 * ``POST``: registers the receive (``DistTransport.post``; receiver threads always have one
   posted);
 * ``WAIT``: blocks until the value has arrived (all its chunks, all the pieces of a
   data-parallel sender group) and hands it to the segments;
-* ``F<k>``: runs segment ``k`` of the stage (``runtime.segments``: the saved forward's
-  statements between its segment marks) under the compute stretch of emulation; the first
-  segment of an item takes the item's user inputs, the last one returns the stage's outputs,
-  which go to rank 0;
+* ``F<k>``: runs segment ``k`` of the stage (``runtime.segments``: the stage file's
+  ``segment_k`` method) under the compute stretch of emulation and the run's grad mode; the
+  first segment of an item takes the item's user inputs, the last one returns the stage's
+  outputs, which go to rank 0 (a data-parallel member the batch split gives no rows of the
+  item computes nothing: ``transport``);
 * ``SEND``: hands the value the segments produced to the transport, in the action's chunks,
   without blocking;
 * ``SENT``: blocks until that send has left (emulated: its last bit left the emulated link).

@@ -5,18 +5,12 @@
 plan that is already running (re-sending after a device loss then costs the serving time,
 not a process start and a warm-up).
 
-The launcher and rank 0 talk through two folders of the run directory:
-
-* ``inbox/``: the launcher drops ``SEQ.pt`` files, each ``(request_id, flat_inputs)``
-  (written to a temporary name and renamed, so rank 0 never reads half a file), and a file
-  named ``end`` to stop the session;
-* ``outbox/``: rank 0 writes ``REQUEST_ID.pt`` (the request's flat outputs) as soon as the
-  request is answered, renamed into place the same way.
+The session and rank 0 talk through an inbox and an outbox folder (``inbox``).
 
 Rank 0 drains the inbox in *rounds*: it tells every rank over the control group how many
 requests the round has (0: nothing yet, a heartbeat every ``HEARTBEAT_S``; -1: the end),
-then all run them as one stream (``distributed_driver``). A failed rank ends the session
-with ``RankFailedError``; ``exc.answered`` holds the answers it wrote to the ids waited for.
+then all run them as one stream (``driver``). A failed rank ends the session
+with ``RankFailedError`` (``DeviceLost`` when a device's rank is to blame); ``exc.answered`` holds the answers it wrote to the ids waited for.
 
 Rounds are barriers: a request that arrives while a round runs waits for that round to end
 (the pipeline drains between rounds), so a session pipelines requests only within a round.

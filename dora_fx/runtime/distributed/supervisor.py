@@ -1,10 +1,10 @@
-"""Spawning and supervising the rank processes of a distributed run, and the worker side.
+"""Distributed runtime, supervisor: starting, watching and stopping the rank processes of a
+run on this machine.
 
-``spawn_ranks`` starts one process per rank on 127.0.0.1 (each in its own session), waits for
-all and, when one fails, stops the rest and raises ``RankFailedError`` naming the culprit;
-``kill_all`` stops a group. On the worker side, ``die_with_parent`` ties a local worker to its
-launcher and ``run_worker`` runs one rank, reporting a failure for the launcher to read.
-``runtime.launch`` prepares runs and reads their results on top of this.
+``spawn_ranks`` starts one process per rank on 127.0.0.1 (each in its own session, so the
+whole group can be killed), waits for all and, when one fails, stops the rest and raises
+``DeviceLost`` naming the culprit (following each rank's report of the peer it blames);
+``kill_all`` stops a group. ``launch`` prepares runs and reads their results on top of this.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ send time, chunk index and count) on one gloo tag, then its payload (none when e
 another, so a receiver needs no shape agreed in advance. A tensor sent in ``c`` chunks travels
 as ``c`` messages, each a near-equal piece of the flattened tensor whose header carries the
 whole tensor's shape; ``receive_loop`` joins them again. An ``END`` header says the sender is
-done. ``distributed_transport`` builds on this: who sends what to whom, and where it is filed.
+done. ``links`` builds on this: who sends what to whom, and where it is filed.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Ranks follow the plan (``rank_table``: stage major, then the devices of a data-p
 ``StageWiring`` is what plan.json says about every stage: its ranks, the batch dims of the
 tensors it sends and receives, the user inputs it uses and the outputs it returns.
 Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
-(``split_sizes``) of the request's rows (``batch_rows``). ``distributed_transport`` moves the
-tensors along this wiring.
+(``ir.batch_split``). ``transport`` moves the tensors along this wiring.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
-"""Spawning and supervising the rank processes of a distributed run, and the worker side.
+"""Distributed runtime, worker: the entry of one rank process (``python -m
+dora_fx.runtime.distributed.launch --worker CONFIG``, or torchrun's).
 
-``spawn_ranks`` starts one process per rank on 127.0.0.1 (each in its own session), waits for
-all and, when one fails, stops the rest and raises ``RankFailedError`` naming the culprit;
-``kill_all`` stops a group. On the worker side, ``die_with_parent`` ties a local worker to its
-launcher and ``run_worker`` runs one rank, reporting a failure for the launcher to read.
-``runtime.launch`` prepares runs and reads their results on top of this.
+``die_with_parent`` ties a local worker to its launcher (Linux), so none is left behind;
+``run_worker`` runs one rank and exits the process, writing ``failure_RANK.json`` for the
+supervisor when it fails (naming the peer it blames, if any).
 """
 
 from __future__ import annotations
