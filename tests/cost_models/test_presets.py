@@ -32,3 +32,12 @@ def test_network_presets_build():
     for make in presets.NETWORK_PRESETS.values():
         net = make(names)
         assert net.link("a").up_bps > 0 and net.path("a", "b")
+
+
+def test_a_preset_field_comes_with_its_source():
+    import pytest
+
+    from dora_fx.cost_models.presets.devices import _device
+
+    with pytest.raises(TypeError, match=r"preset 'toaster': dense_flops_per_s must be \(value, source\)"):
+        _device("toaster", kind="other", dense_flops_per_s=1e9)  # type: ignore[arg-type]
