@@ -11,21 +11,16 @@
 * ``monitor``: moving averages, heartbeats, drift;
 * ``core``: ``Adapter`` (decide, re-plan in the background, explain);
 * ``dispatcher``: ``MultiPlanDispatcher`` (weighted round robin, exactly once by request id,
-  re-send on device loss) and the launcher-backed executor;
-* ``replay``: the trace replay on the simulator (static vs re-plan vs adapter).
+  re-send on device loss); ``executors``: the plans run by the distributed runtime;
+* ``replay``: the trace replay on the simulator (static vs re-plan vs adapter); ``spans``:
+  a span of it simulated, and a strategy's totals.
 """
 
 from .compose import Composer, Composition
 from .compose_reference import compose_cvxpy
 from .core import Adapter
-from .dispatcher import (
-    DispatchResult,
-    LauncherExecutor,
-    MultiPlanDispatcher,
-    PlanFailure,
-    SessionExecutor,
-    WeightedRoundRobin,
-)
+from .dispatcher import DispatchResult, MultiPlanDispatcher, PlanFailure, WeightedRoundRobin
+from .executors import LauncherExecutor, SessionExecutor
 from .figures import PlanFigures, plan_figures
 from .monitor import Drift, Ewma, Monitor
 from .plans import (
@@ -36,7 +31,8 @@ from .plans import (
     relabelings,
     single_device_plans,
 )
-from .replay import StrategyResult, replay
+from .replay import replay
+from .spans import StrategyResult
 from .traces import Conditions, Event, Trace, apply, builtin_traces
 
 __all__ = [

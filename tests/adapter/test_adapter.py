@@ -234,7 +234,7 @@ def test_requests_not_served_in_time_are_charged_as_a_backlog():
     """A strategy that falls behind owes its unserved requests: ``backlog_j`` is their count
     times the marginal J per request (busy + radio) of its last serving span; one that serves
     every request owes nothing."""
-    from dora_fx.adapter.replay import StrategyResult, run_span
+    from dora_fx.adapter.spans import StrategyResult, run_span
     from dora_fx.adapter.traces import Conditions, apply
     from dora_fx.sim import SimConfig, simulate
 
