@@ -116,3 +116,14 @@ def torch_mlp():
     return torch.nn.Sequential(
         torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)
     ).eval()
+
+
+def test_no_module_is_over_400_lines():
+    """The project keeps modules to a few hundred lines, one idea per file."""
+    package = Path(dora_fx.__file__).parent
+    long = {
+        str(p.relative_to(package)): n
+        for p in package.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert not long, f"modules over 400 lines: {long}"
