@@ -11,29 +11,26 @@ plan`` does), unless ``--plan`` names one (a plan file, or a folder ``dora-fx pl
 Writes ``timeline.png`` (Gantt), ``trace.json`` (Chrome trace: open in https://ui.perfetto.dev)
 and ``metrics.json`` (simulated and analytic figures), and prints both.
 
-Wire it into the main CLI with ``add_simulate_parser(subparsers)``; ``python -m dora_fx.cli simulate``
-runs it alone.
+``cli.main`` wires it in with ``add_simulate_parser(subparsers)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..analysis.problem import Block, Problem
 from ..cost_models.cluster import Cluster
-from ..errors import DoraError, PlanError
+from ..errors import PlanError
 from ..ir.plan import Plan
 from ..qoe import QoE
 from ..sim.config import SimConfig
 from ..sim.simulator import simulate
 from .qoe_args import add_qoe_arguments, qoe_from_args
 
-__all__ = ["add_simulate_parser", "run_simulate", "main", "problem_to_json", "problem_from_json"]
+__all__ = ["add_simulate_parser", "run_simulate", "problem_to_json", "problem_from_json"]
 
 
 def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -278,18 +275,3 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     print(f"wrote {gantt}, {trace}, {out / 'metrics.json'}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dora-fx")
-    add_simulate_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["simulate", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return int(args.func(args))
-    except DoraError as exc:
-        print(f"dora-fx simulate: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,11 +2,17 @@ import json
 
 from simcases import chain_problem, pipeline
 
-from dora_fx.cli.simulate import main, problem_to_json
+from dora_fx.cli import main as cli_main
+from dora_fx.cli.simulate import problem_to_json
 from dora_fx.scenarios import smart_home
 from dora_fx.sim import simulate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def main(argv):
+    """``dora-fx simulate ARGV``."""
+    return cli_main(["simulate", *argv])
 
 
 def _check_trace(trace: dict, devices: list[str], requests: int, stages: int) -> None:
