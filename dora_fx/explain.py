@@ -78,6 +78,7 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
     header = ["stage", "devices", "blocks", "nodes", "params", "GFLOP", "MB to next"]
     lines.append(format_table(header, rows))
     lines.append(f"input: {_mb(input_bytes)} MB per batch")
+    lines.append(_ends_line(state, plan, blocks[-1].out_bytes))
     if state.missing_formulas:
         lines.append(
             "ops with no FLOP formula (counted as 0 FLOPs, bytes still counted): "
@@ -98,6 +99,23 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
             lines.append(adapter_for(state.plan_set.plans, state.problem).explain())
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def _ends_line(state: CompileState, plan: Plan, output_bytes: float) -> str:
+    """Where requests enter and where results go (the problem's source and sink)."""
+    source = sink = state.cluster.source if state.cluster is not None else None
+    if state.problem is not None:
+        source, sink = state.problem.source, state.problem.sink
+    first, last = plan.stages[0].devices, plan.stages[-1].devices
+    enter = (
+        f"requests enter at {source} (sent to stage 0 on {','.join(first)})"
+        if source is not None
+        else f"requests enter at stage 0 ({first[0]}, no source device named)"
+    )
+    if sink is None:
+        return f"{enter}; results stay on stage {len(plan.stages) - 1} ({','.join(last)})"
+    there = "already there" if set(last) == {sink} else f"{_mb(output_bytes)} MB per batch sent"
+    return f"{enter}; results return to {sink} ({there})"
 
 
 def _scheduled_lines(state: CompileState, config: SimConfig) -> list[str]:

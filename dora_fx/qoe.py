@@ -22,6 +22,8 @@ class QoE:
     ``energy_j``: budget of energy per request across all devices; ``objective``: what to
     optimize once the constraints hold. ``batch`` is the request batch size the user expects and
     ``request_rate_rps`` the offered load (None: closed loop, one request at a time).
+    ``source``: the device requests come from, ``sink``: the device results must reach (None:
+    the cluster's ``source``, e.g. the phone of smart_home); both are priced and performed.
     """
 
     latency_ms: float | None = None
@@ -30,8 +32,14 @@ class QoE:
     objective: Objective = "latency"
     batch: int = 1
     request_rate_rps: float | None = None
+    source: str | None = None
+    sink: str | None = None
 
     def __post_init__(self) -> None:
+        for role in ("source", "sink"):
+            value = getattr(self, role)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise QoEError(f"QoE.{role} must be a device name (a str), got {value!r}")
         for name in ("latency_ms", "throughput_rps", "energy_j", "request_rate_rps"):
             value = getattr(self, name)
             if value is None:
@@ -80,4 +88,8 @@ class QoE:
             parts.append(f"energy<={self.energy_j:g}J")
         if self.request_rate_rps is not None:
             parts.append(f"load={self.request_rate_rps:g}rps")
+        if self.source is not None:
+            parts.append(f"source={self.source}")
+        if self.sink is not None:
+            parts.append(f"sink={self.sink}")
         return "QoE(" + ", ".join(parts) + ")"

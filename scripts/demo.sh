@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-dora-fx plan --model gpt2 --scenario smart_home --latency-ms 400 --out out "$@"
+dora-fx plan --model gpt2 --scenario smart_home --latency-ms 1500 --out out "$@"

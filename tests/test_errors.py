@@ -62,11 +62,20 @@ def test_empty_cluster():
         ({"objective": "speed"}, r"objective must be one of"),
         ({"batch": 0}, r"batch must be a positive int"),
         ({"throughput_rps": 20, "request_rate_rps": 10}, r"throughput cannot exceed the offered load"),
+        ({"source": 3}, r"QoE.source must be a device name \(a str\), got 3"),
     ],
 )
 def test_bad_qoe(kwargs, match):
     with pytest.raises(dora_fx.QoEError, match=match):
         dora_fx.QoE(**kwargs)
+
+
+@pytest.mark.parametrize("role", ["source", "sink"])
+def test_a_source_or_sink_not_in_the_cluster(role):
+    model, inputs = build("mlp")
+    qoe = dora_fx.QoE(**{role: "toaster"})
+    with pytest.raises(dora_fx.PlanError, match=rf"{role} device 'toaster' is not in cluster .*\['a', 'b'\]"):
+        dora_fx.compile(model, CLUSTER, qoe, example_inputs=inputs)
 
 
 def test_more_stages_than_devices():

@@ -218,7 +218,11 @@ def apply(problem: Problem, conditions: Conditions) -> Problem:
         request_rate_rps=rate,
         throughput_rps=None if floor is None else min(floor, rate),
     )
-    return replace(problem, cluster=cluster, qoe=qoe)
+    # a source or sink that left takes its role along: requests then enter at the first stage
+    ends = {r: getattr(problem, r) for r in ("source", "sink")}
+    ends = {r: (d if d in cluster else None) for r, d in ends.items()}
+    qoe = replace(qoe, **ends)
+    return replace(problem, cluster=cluster, qoe=qoe, **ends)
 
 
 def builtin_traces() -> dict[str, Trace]:

@@ -54,13 +54,33 @@ class Block:
 
 @dataclass(frozen=True)
 class Problem:
+    """Blocks to place on a cluster under a QoE. ``source``: the device requests come from (the
+    input is sent from there to the first stage); ``sink``: the device the results must reach
+    (sent there from the last stage). Both default to the QoE's, then the cluster's
+    ``source``; a source of None means the first stage's first device holds the input, a sink
+    of None that results stay where they are computed."""
+
     blocks: tuple[Block, ...]
     cluster: Cluster
     qoe: QoE = field(default_factory=QoE)
     batch: int = 1
     input_bytes: float = 0.0
+    source: str | None = None
+    sink: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
         if not self.blocks:
             raise PlanError("a Problem needs at least one block")
+        for role in ("source", "sink"):
+            name = getattr(self, role)
+            if name is None:
+                name = getattr(self.qoe, role) or self.cluster.source
+                object.__setattr__(self, role, name)
+            if name is None:
+                continue
+            if name not in self.cluster:
+                raise PlanError(
+                    f"{role} device {name!r} is not in cluster {self.cluster.name!r} "
+                    f"(devices: {self.cluster.device_names}); name one of them"
+                )

@@ -174,8 +174,11 @@ def plan_work(
     source: str | None = None,
     sink: str | None = None,
 ) -> PlanWork:
-    """Per-microbatch compute, memory and transfers of every stage of ``plan``."""
+    """Per-microbatch compute, memory and transfers of every stage of ``plan``; the input comes
+    from ``source`` and the outputs go to ``sink`` (default: the problem's)."""
     check_plan(plan, problem)
+    source = problem.source if source is None else source
+    sink = problem.sink if sink is None else sink
     if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
         raise PlanError(f"microbatches must be a positive int, got {microbatches!r}")
     cluster = problem.cluster

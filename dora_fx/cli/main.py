@@ -1,6 +1,6 @@
 """``dora-fx``: plan, simulate and run from the command line.
 
-    dora-fx plan --model gpt2 --scenario smart_home --latency-ms 400 --out out/
+    dora-fx plan --model gpt2 --scenario smart_home --latency-ms 1500 --out out/
     dora-fx simulate --model gpt2 --scenario smart_home --out sim/   # Gantt PNG + Chrome trace
     dora-fx run out/ --local --model gpt2 --batch 8                  # one process per device
 """

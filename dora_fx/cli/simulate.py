@@ -1,7 +1,7 @@
 """``dora-fx simulate``: simulate a plan on a cluster and write its timeline.
 
     dora-fx simulate --scenario smart_home --model gpt2 --requests 200 --out sim_out/
-    dora-fx simulate --model gpt2 --latency-ms 400 --plan out/ --out sim_out/   # a saved plan
+    dora-fx simulate --model gpt2 --latency-ms 1500 --plan out/ --out sim_out/   # a saved plan
     dora-fx simulate --cluster my.json --problem blocks.json --plan plan.txt --rate 5 --out sim_out/
 
 The plan simulated is the one dora_fx's planner chooses for the QoE options (as ``dora-fx
@@ -105,10 +105,6 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="naive blocking sends: a device waits for its outputs to leave",
     )
-    parser.add_argument(
-        "--source", help="device the requests come from (default: the first stage's)"
-    )
-    parser.add_argument("--sink", help="device the results go to (default: none, they stay)")
     parser.add_argument(
         "--out",
         type=Path,
@@ -243,8 +239,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         microbatches=args.microbatches,
         overlap=not args.no_overlap,
-        source=args.source,
-        sink=args.sink,
         seed=args.seed,
     )
     result = simulate(plan, problem, config)
@@ -253,8 +247,6 @@ def run_simulate(args: argparse.Namespace) -> int:
         problem,
         microbatches=args.microbatches,
         request_rate_rps=args.rate,
-        source=args.source,
-        sink=args.sink,
     )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

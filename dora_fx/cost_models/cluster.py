@@ -17,9 +17,14 @@ __all__ = ["Cluster", "Link", "Medium", "Network", "as_cluster"]
 
 @dataclass(frozen=True)
 class Cluster:
+    """Devices, the network joining them, and ``source``: the device where requests enter and
+    results are wanted (a smart home's phone, a street's camera); None: wherever the plan's
+    first stage runs, results left where they are computed."""
+
     devices: tuple[Device, ...]
     network: Network = field(default_factory=Network)
     name: str = "cluster"
+    source: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", tuple(self.devices))
@@ -43,6 +48,11 @@ class Cluster:
             raise ClusterError(
                 f"cluster {self.name!r}: network {self.network.name!r} has links for {strangers}, "
                 f"which are not devices of the cluster ({names}); remove the links or add the devices"
+            )
+        if self.source is not None and self.source not in names:
+            raise ClusterError(
+                f"cluster {self.name!r}: source device {self.source!r} is not one of its devices "
+                f"({names}); name one of them, or None"
             )
 
     def device(self, name: str) -> Device:
@@ -81,6 +91,7 @@ class Cluster:
             self,
             devices=tuple(d for d in self.devices if d.name != name),
             network=replace(self.network, links=links),
+            source=None if self.source == name else self.source,
         )
 
     def with_network(self, network: Network) -> Cluster:
@@ -96,6 +107,7 @@ class Cluster:
             "name": self.name,
             "devices": [d.to_json() for d in self.devices],
             "network": self.network.to_json(),
+            "source": self.source,
         }
 
     @classmethod
@@ -106,6 +118,7 @@ class Cluster:
             devices=tuple(Device.from_json(d) for d in data["devices"]),
             network=Network.from_json(data.get("network", {})),
             name=data.get("name", "cluster"),
+            source=data.get("source"),
         )
 
     def dumps(self) -> str:

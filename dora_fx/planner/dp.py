@@ -48,6 +48,11 @@ class Dense:
     scatter_air_s: np.ndarray  # [M, G]
     scatter_air_flows: np.ndarray  # [M, G]
     scatter_radio_j: np.ndarray  # [G]
+    gather_s: np.ndarray  # [G]: the last stage's outputs to the sink
+    gather_port_s: np.ndarray  # [G]
+    gather_air_s: np.ndarray  # [M, G]
+    gather_air_flows: np.ndarray  # [M, G]
+    gather_radio_j: np.ndarray  # [G]
     idle_w: np.ndarray  # [G]: idle power of the group's devices
     usage_stride: np.ndarray  # [classes]
     usage_count: int
@@ -79,7 +84,8 @@ def dense(tables: Tables) -> Dense:
     counts = np.array([g.counts for g in space.groups])
     usage = (np.arange(usage_count)[:, None] // stride[None, :]) % (sizes + 1)[None, :]
     fits = np.all(usage[:, None, :] + counts[None, :, :] <= sizes[None, None, :], axis=2)
-    scatter = tables.scatter
+    scatter, gather = tables.scatter, tables.gather
+    x_out = np.array([tables.output_bytes])
     return Dense(
         compute_s=tables.options.compute_full,
         busy_energy_j=tables.options.energy_full,
@@ -97,6 +103,13 @@ def dense(tables: Tables) -> Dense:
         scatter_air_flows=np.array([s.air_flows for s in scatter]).reshape(n_groups, n_media).T
         * float(x_in[0] > 0),
         scatter_radio_j=np.array([s.radio_j_per_byte for s in scatter]) * x_in[0],
+        gather_s=np.array([s.step_s(x_out)[0] for s in gather]),
+        gather_port_s=np.array([s.port_s_per_byte for s in gather]) * x_out[0],
+        gather_air_s=np.array([s.air_s_per_byte for s in gather]).reshape(n_groups, n_media).T
+        * x_out[0],
+        gather_air_flows=np.array([s.air_flows for s in gather]).reshape(n_groups, n_media).T
+        * float(x_out[0] > 0),
+        gather_radio_j=np.array([s.radio_j_per_byte for s in gather]) * x_out[0],
         idle_w=counts @ tables.idle_power_w,
         usage_stride=stride,
         usage_count=usage_count,
@@ -118,8 +131,10 @@ def run_dp(
     move_cost: np.ndarray,
     first_cost: np.ndarray,
     combine: str = "sum",
+    last_cost: np.ndarray | None = None,
 ) -> DpResult:
-    """Best plan per final usage vector under ``(+) = combine`` (see the module docstring)."""
+    """Best plan per final usage vector under ``(+) = combine`` (see the module docstring);
+    ``first_cost[g]`` is added for the first stage's group, ``last_cost[g]`` for the last's."""
     op: Callable[[np.ndarray, np.ndarray], np.ndarray] = np.add if combine == "sum" else np.maximum
     n_groups, n_cuts = option_cost.shape[0], option_cost.shape[1]
     n = n_cuts - 1
@@ -154,7 +169,7 @@ def run_dp(
             prev_group[j + 1 :, dst, g2] = np.where(
                 better, best_prev[src, g2][None, :], prev_group[j + 1 :, dst, g2]
             )
-    final = value[n]  # [U, G]
+    final = value[n] if last_cost is None else op(value[n], last_cost[None, :])  # [U, G]
     last_group = np.argmin(final, axis=1)
     final_value = final[np.arange(n_usage), last_group]
 

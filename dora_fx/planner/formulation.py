@@ -15,9 +15,10 @@ in cvxpy. ``docs/partitioner.md`` has the full derivation.
       sum_{g'} w_{g g' j} = sum_{o: g_o = g, b_o = j} z_o,   sum_g w_{g g' j} = sum_{o: g_o = g', a_o = j} z_o
 
 * shared device classes: ``sum_o n_c(g_o) z_o <= N_c``;
-* latency ``L = sum_o z_o (C_o + [a_o = 0] S_g) + sum_t w_t X_t`` (exact for one microbatch,
-  i.e. equal to ``evaluate``); the bottleneck ``tau`` and the energy ``E`` are written by
-  ``milp_measures``.
+* latency ``L = sum_o z_o (C_o + [a_o = 0] S_g + [b_o = B] G_g) + sum_t w_t X_t`` with ``S``
+  the input scatter from the source and ``G`` the output gather to the sink (exact for one
+  microbatch, i.e. equal to ``evaluate``); the bottleneck ``tau`` and the energy ``E`` are
+  written by ``milp_measures``.
 
 QoE: ``L <= L_max``, ``tau <= 1 / X_min``, ``E <= E_max`` as column bounds; memory and
 per-option QoE limits remove options before the model is built (``milp_variables``).
@@ -83,7 +84,12 @@ def build_formulation(
     opts, space = tables.options, tables.space
     n_blocks, n_media = tables.n_blocks, len(tables.media)
     scatter_s = np.array([s.step_s(np.array([tables.input_bytes]))[0] for s in tables.scatter])
-    idx = _keep_options(tables, qoe, scatter_s)
+    gather_s = np.array([s.step_s(np.array([tables.output_bytes]))[0] for s in tables.gather])
+    # per option: the input scatter of a first stage, the output gather of a last one
+    edge_s = np.where(opts.start == 0, scatter_s[opts.group], 0.0) + np.where(
+        opts.stop == n_blocks, gather_s[opts.group], 0.0
+    )
+    idx = _keep_options(tables, qoe, edge_s)
     g, a, b = opts.group[idx], opts.start[idx], opts.stop[idx]
     compute = opts.compute_s[idx]
     first = a == 0
@@ -168,7 +174,7 @@ def build_formulation(
 
     # Latency: L - sum(...) = 0.
     lat = columns["latency"]
-    stage_s = compute + np.where(first, scatter_s[g], 0.0)
+    stage_s = compute + edge_s[idx]
     rows.add(np.r_[lat, z, w], np.r_[1.0, -stage_s, -trans.step_s], 0.0, 0.0)
     latency_cap = math.inf if qoe.latency_s is None else qoe.latency_s
     if extra_latency_s is not None:
@@ -176,7 +182,7 @@ def build_formulation(
     col_upper[lat] = latency_cap
     col_lower[lat] = latency_floor_s
 
-    longest_s = _longest_latency_s(tables, idx, trans, scatter_s)
+    longest_s = _longest_latency_s(tables, idx, trans, edge_s)
     eta_min = float(tables.contention.min()) if n_media else 1.0
     if needs_tau:
         _tau_rows(rows, tables, columns["tau"], z, w, g, a, b, compute, trans, idx, y_air)

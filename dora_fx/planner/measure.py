@@ -59,6 +59,12 @@ def measure_path(d: Dense, stages: Stages, qoe: QoE, contention: np.ndarray) -> 
             terms.append(up)
             air += d.move_air_s[:, g, g2, b]
             flows += d.move_air_flows[:, g, g2, b]
+    last = stages[-1][2]
+    latency += d.gather_s[last]
+    busy_j += d.gather_radio_j[last]
+    terms.append(d.gather_port_s[last])
+    air += d.gather_air_s[:, last]
+    flows += d.gather_air_flows[:, last]
     usable = np.where(flows > 1, contention, 1.0)
     terms += list(air / usable)
     bottleneck = float(max(terms))

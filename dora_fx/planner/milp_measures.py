@@ -1,11 +1,15 @@
 """The rows of the partitioning MILP's bottleneck ``tau`` and energy ``E``, written for
 ``build_formulation`` (``docs/partitioner.md`` has the full derivation). Both measures are
-exact for one microbatch, i.e. equal to ``evaluate``:
+exact for one microbatch, i.e. equal to ``evaluate``, except where a port carries two of the
+plan's transfers that the rows bound separately (a sink that also receives a middle stage's
+input): there ``tau`` is a lower bound, as the certificate needs:
 
 * bottleneck ``tau`` (throughput ``1 / tau``) above every device, port and medium:
   ``tau >= sum_{o: a_o = s} z_o C_o`` for each start ``s``; ``N_c tau >= sum_o z_o B_oc``;
   per cut ``tau >=`` the busiest port of its transition, and ``tau >=`` the first device's up
-  port (its scatter plus its share of the cut); per shared medium ``m`` with airtime ``A_m``:
+  port (its scatter plus its share of the cut), and ``tau >=`` the last stage's busiest port
+  sending the outputs to the sink; per shared medium ``m`` with airtime ``A_m`` (every
+  transfer's, the scatter's and the gather's included):
   ``tau >= A_m`` and, when 2+ flows share it (``y_m = 1``), ``tau >= A_m / eta_m``;
 * energy ``E = sum_o z_o Eb_o + radio + sum_d P_idle_d T u_d`` with period
   ``T = max(1 / rate, tau)`` under a load, else ``T = L``; the products ``T u_d`` are
@@ -28,13 +32,13 @@ from .tables import Tables
 __all__: list[str] = []  # the formulation's own machinery: ``build_formulation`` uses it
 
 
-def _longest_latency_s(tables: Tables, idx: np.ndarray, trans: Transitions, scatter: np.ndarray) -> float:
+def _longest_latency_s(tables: Tables, idx: np.ndarray, trans: Transitions, edge_s: np.ndarray) -> float:
     """An upper bound on any plan's latency: the longest path with each stage at its slowest
-    group and each cut at its slowest transfer."""
+    group and each cut at its slowest transfer (``edge_s``: each option's scatter / gather)."""
     n = tables.n_blocks
     opts = tables.options
     worst = np.full((n + 1, n + 1), -np.inf)
-    cost = opts.compute_s[idx] + np.where(opts.start[idx] == 0, scatter[opts.group[idx]], 0.0)
+    cost = opts.compute_s[idx] + edge_s[idx]
     np.maximum.at(worst, (opts.start[idx], opts.stop[idx]), cost)
     cut_worst = np.zeros(n + 1)
     if trans.cut.size:
@@ -62,9 +66,9 @@ def _tau_rows(
 ) -> None:
     """``tau`` above every resource's busy time per request (see the module docstring)."""
     n_blocks = tables.n_blocks
-    first = a == 0
-    scatter = tables.scatter
-    x_in = tables.input_bytes
+    first, last = a == 0, b == n_blocks
+    scatter, gather = tables.scatter, tables.gather
+    x_in, x_out = tables.input_bytes, tables.output_bytes
     # Devices: the stage starting at s is one group; its slowest device is busy C_o.
     tau_col = np.full(n_blocks, tau)
     rows.block(
@@ -83,6 +87,9 @@ def _tau_rows(
     sc_port = np.array([s.port_s_per_byte for s in scatter]) * x_in
     sc_up = np.array([s.first_up_s_per_byte for s in scatter]) * x_in
     rows.add(np.r_[tau, z[first]], np.r_[1.0, -sc_port[g[first]]], 0.0, np.inf)
+    # The last stage's devices' up ports carry the outputs to the sink (and nothing else).
+    ga_port = np.array([s.port_s_per_byte for s in gather]) * x_out
+    rows.add(np.r_[tau, z[last]], np.r_[1.0, -ga_port[g[last]]], 0.0, np.inf)
     cuts = np.arange(1, n_blocks + 1)
     rows.block(
         np.r_[cuts - 1, trans.cut - 1],
@@ -102,13 +109,15 @@ def _tau_rows(
     for m in range(len(tables.media)):
         sc_air = np.array([s.air_s_per_byte[m] for s in scatter]) * x_in
         sc_flows = np.array([s.air_flows[m] for s in scatter]) * (x_in > 0)
-        air_cols = np.r_[w, z[first]]
-        air_vals = np.r_[trans.air_s[:, m], sc_air[g[first]]]
+        ga_air = np.array([s.air_s_per_byte[m] for s in gather]) * x_out
+        ga_flows = np.array([s.air_flows[m] for s in gather]) * (x_out > 0)
+        air_cols = np.r_[w, z[first], z[last]]
+        air_vals = np.r_[trans.air_s[:, m], sc_air[g[first]], ga_air[g[last]]]
         rows.add(np.r_[tau, air_cols], np.r_[1.0, -air_vals], 0.0, np.inf)
         if m not in y_air:
             continue
         eta = float(tables.contention[m])
-        flows = np.r_[trans.air_flows[:, m], sc_flows[g[first]]]
+        flows = np.r_[trans.air_flows[:, m], sc_flows[g[first]], ga_flows[g[last]]]
         single = air_vals[flows == 1]
         big_m = (1.0 / eta - 1.0) * (float(single.max()) if single.size else 0.0)
         y = y_air[m]
@@ -155,7 +164,11 @@ def _energy_rows(
         period_floor = np.maximum(compute, period_floor_s)
     x_in = tables.input_bytes
     sc_radio = np.array([s.radio_j_per_byte for s in tables.scatter]) * x_in
-    busy_j = opts.busy_energy_j[idx] + np.where(first, sc_radio[g], 0.0)
+    ga_radio = np.array([s.radio_j_per_byte for s in tables.gather]) * tables.output_bytes
+    last = opts.stop[idx] == tables.n_blocks
+    busy_j = (
+        opts.busy_energy_j[idx] + np.where(first, sc_radio[g], 0.0) + np.where(last, ga_radio[g], 0.0)
+    )
     v_cols = np.array([v for _, _, v in class_slots], dtype=np.int64)
     idle_w = tables.idle_power_w[[c for c, _, _ in class_slots]]
     # E = busy + radio + sum_c P_idle_c sum_k v_ck

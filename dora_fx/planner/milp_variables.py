@@ -122,13 +122,13 @@ def _transitions(tables: Tables, starts: np.ndarray, ends: np.ndarray) -> Transi
     )
 
 
-def _keep_options(tables: Tables, qoe: QoE, scatter_s: np.ndarray) -> np.ndarray:
-    """Options that can be part of a QoE-compliant plan on their own."""
+def _keep_options(tables: Tables, qoe: QoE, edge_s: np.ndarray) -> np.ndarray:
+    """Options that can be part of a QoE-compliant plan on their own; ``edge_s`` per option:
+    the input scatter of a first stage plus the output gather of a last one."""
     opts = tables.options
     keep = np.ones(opts.group.size, dtype=bool)
-    first = opts.start == 0
     if qoe.latency_s is not None:
-        keep &= opts.compute_s + np.where(first, scatter_s[opts.group], 0.0) <= qoe.latency_s
+        keep &= opts.compute_s + edge_s <= qoe.latency_s
     if qoe.throughput_rps is not None:
         keep &= opts.compute_s <= 1.0 / qoe.throughput_rps
     return np.nonzero(keep)[0]

@@ -35,24 +35,36 @@ class DpSearch:
         option_ok = np.isfinite(d.compute_s)
         move_ok = np.isfinite(d.move_s)
         first_ok = np.ones(d.scatter_s.size, dtype=bool)
+        last_ok = np.ones(d.gather_s.size, dtype=bool)
         if qoe.latency_s is not None:
             option_ok &= d.compute_s <= qoe.latency_s
             move_ok &= d.move_s <= qoe.latency_s
             first_ok &= d.scatter_s <= qoe.latency_s
+            last_ok &= d.gather_s <= qoe.latency_s
         if qoe.throughput_rps is not None:
             cap = 1.0 / qoe.throughput_rps
             option_ok &= d.compute_s <= cap
             move_ok &= (d.move_port_s <= cap) & (d.move_first_up_s <= cap)
             first_ok &= (d.scatter_port_s <= cap) & (d.scatter_up_s <= cap)
+            last_ok &= d.gather_port_s <= cap
         self.option_ok, self.move_ok, self.first_ok = option_ok, move_ok, first_ok
+        self.last_ok = last_ok
 
-    def _run(self, option: np.ndarray, move: np.ndarray, first: np.ndarray, combine: str = "sum") -> np.ndarray:
+    def _run(
+        self,
+        option: np.ndarray,
+        move: np.ndarray,
+        first: np.ndarray,
+        last: np.ndarray,
+        combine: str = "sum",
+    ) -> np.ndarray:
         result = run_dp(
             self.d,
             np.where(self.option_ok, option, np.inf),
             np.where(self.move_ok, move, np.inf),
             np.where(self.first_ok, first, np.inf),
             combine,
+            np.where(self.last_ok, last, np.inf),
         )
         for u in np.nonzero(np.isfinite(result.value))[0]:
             self.candidates.append(result.paths(int(u)))
@@ -65,6 +77,7 @@ class DpSearch:
             d.compute_s + weight_energy * d.busy_energy_j,
             d.move_s + weight_energy * d.move_radio_j,
             d.scatter_s + weight_energy * d.scatter_radio_j,
+            d.gather_s + weight_energy * d.gather_radio_j,
         )
         return float(values.min())
 
@@ -75,17 +88,20 @@ class DpSearch:
             d.compute_s,
             np.maximum(d.move_port_s, d.move_first_up_s),
             np.maximum(d.scatter_port_s, d.scatter_up_s),
+            d.gather_port_s,
             combine="max",
         )
         tau = float(values.min())
         if math.isfinite(tau):
-            keep = self.option_ok.copy(), self.move_ok.copy(), self.first_ok.copy()
+            keep = (self.option_ok.copy(), self.move_ok.copy(), self.first_ok.copy(),
+                    self.last_ok.copy())  # fmt: skip
             slack = tau * (1 + 1e-9)
             self.option_ok &= d.compute_s <= slack
             self.move_ok &= np.maximum(d.move_port_s, d.move_first_up_s) <= slack
             self.first_ok &= np.maximum(d.scatter_port_s, d.scatter_up_s) <= slack
+            self.last_ok &= d.gather_port_s <= slack
             self.latency()
-            self.option_ok, self.move_ok, self.first_ok = keep
+            self.option_ok, self.move_ok, self.first_ok, self.last_ok = keep
         return tau
 
     def energy(self, latency_multipliers: Iterable[float] = (0.0,)) -> float:
@@ -103,6 +119,7 @@ class DpSearch:
                     _mix(d.busy_energy_j + d.idle_w[:, None, None] * period, mu, d.compute_s),
                     _mix(d.move_radio_j, mu, d.move_s),
                     _mix(d.scatter_radio_j, mu, d.scatter_s),
+                    _mix(d.gather_radio_j, mu, d.gather_s),
                 )
                 best = max(best, float(values.min()) - mu * cap)
                 continue
@@ -118,6 +135,7 @@ class DpSearch:
                     _mix(d.busy_energy_j, weight, d.compute_s),
                     _mix(d.move_radio_j, weight, d.move_s),
                     _mix(d.scatter_radio_j, weight, d.scatter_s),
+                    _mix(d.gather_radio_j, weight, d.gather_s),
                 )
                 holds = (d.usage_idle_w >= alpha) | zero
                 bound_u = np.where(holds, np.maximum(bound_u, values), bound_u)

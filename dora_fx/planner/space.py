@@ -153,9 +153,16 @@ def _class_key(problem: Problem, device: Device) -> tuple[object, ...]:
 
 
 def _classes(problem: Problem) -> tuple[DeviceClass, ...]:
+    """Classes of interchangeable devices; the problem's source and sink are classes of their
+    own (requests enter and results leave there, so they are not interchangeable), the
+    source's first, so a group holding it lists it first."""
+    ends = [d for d in (problem.source, problem.sink) if d is not None]
     by_key: dict[tuple[object, ...], list[str]] = {}
+    for name in dict.fromkeys(ends):
+        by_key[("end", name)] = [name]
     for device in problem.cluster.devices:
-        by_key.setdefault(_class_key(problem, device), []).append(device.name)
+        if device.name not in ends:
+            by_key.setdefault(_class_key(problem, device), []).append(device.name)
     return tuple(DeviceClass(i, tuple(m)) for i, m in enumerate(by_key.values()))
 
 

@@ -14,7 +14,10 @@ per-transition terms, which these tables hold:
 * transition: step time ``X = max_f (lat_f + 8 o_f bytes_j / r_f)`` over its flows ``f`` (rates
   ``r_f`` from ``Network.flow_rates_bps`` of the step's flows, ``o_f`` the slice overlap), port
   and airtime load per byte, flow counts per shared medium, radio joules per byte;
-* scatter: the same for stage 0's input, sent from the group's first device to the others.
+* scatter: the same for stage 0's input, sent from the problem's source (default: the group's
+  first device) to the group's devices; gather: the last stage's outputs sent from its
+  devices to the problem's sink (none without a sink). The source and the sink are classes of
+  their own (``space``), so a group type says whether it holds them.
 
 The roofline here mirrors ``Device.block_time_s`` on numpy arrays; a test compares the tables
 with ``evaluate`` on random plans so the two cannot drift apart silently.
@@ -79,6 +82,8 @@ class Tables:
     moves: dict[tuple[int, int], FlowTerms]  # (group, next group) -> transfer terms
     scatter: list[FlowTerms]  # per group: stage 0's input scatter
     input_bytes: float
+    gather: list[FlowTerms]  # per group: the last stage's outputs to the sink (empty flows: none)
+    output_bytes: float  # bytes the last block returns (what the sink receives)
     media: tuple[str, ...]  # shared media, in the order of ``air_*`` arrays
     contention: FloatArray  # per shared medium: usable airtime fraction with 2+ flows
     idle_power_w: FloatArray  # per class
@@ -248,11 +253,15 @@ def build_tables(problem: Problem, space: PlanSpace) -> Tables:
                 senders, send_shares, receivers, space.shares(receivers), 1.0
             )
             moves[gi, gj] = _flow_terms(network, transfers, media, senders[0])
-    scatter = []
+    scatter, gather = [], []
     for group in space.groups:
         devices = space.devices_of(group)
-        transfers = _route((devices[0],), (1.0,), devices, space.shares(devices), 1.0)
+        shares = space.shares(devices)
+        source = problem.source or devices[0]
+        transfers = _route((source,), (1.0,), devices, shares, 1.0)
         scatter.append(_flow_terms(network, transfers, media, devices[0]))
+        to_sink = () if problem.sink is None else _route(devices, shares, (problem.sink,), (1.0,), 1.0)
+        gather.append(_flow_terms(network, to_sink, media, devices[0]))
     out = np.array([b.out_bytes for b in problem.blocks])
     idle = np.array([problem.cluster.device(c.members[0]).idle_power_w for c in space.classes])
     return Tables(
@@ -263,6 +272,8 @@ def build_tables(problem: Problem, space: PlanSpace) -> Tables:
         moves=moves,
         scatter=scatter,
         input_bytes=problem.input_bytes,
+        gather=gather,
+        output_bytes=float(out[-1]),
         media=media,
         contention=np.array([network.medium(m).contention_efficiency for m in media]),
         idle_power_w=idle,

@@ -211,7 +211,7 @@ def schedule_metrics(schedule: Schedule, plan: Plan, problem: Problem) -> tuple[
     # requests in flight to keep the pipeline full: latency x capacity (Little's law), at
     # least one per stage and one more
     full = latency * analytic.throughput_rps if math.isfinite(analytic.throughput_rps) else 0.0
-    depth = max(len(plan.stages) + 1, min(MAX_IN_FLIGHT, math.ceil(full) + 1))
+    depth = max(len(plan.stages) + 1, min(MAX_IN_FLIGHT, math.ceil(2 * full) + 1))
     loaded, _ = run(SimConfig(requests=4 * depth, concurrency=depth, record_timeline=False))
     done = sorted(loaded.done_s.values())
     span = done[-1] - done[depth - 1]

@@ -21,9 +21,9 @@ def test_evaluate_energy_follows_the_operating_point():
     plan = pipeline(["cam0", "edge_server"], 6)
     closed = evaluate(plan, base)
     assert closed.period_s == closed.latency_s
-    slow = evaluate(plan, base, request_rate_rps=0.5 * closed.throughput_rps)
+    slow = evaluate(plan, base, request_rate_rps=0.5 / closed.latency_s)
     # a slower request stream leaves the devices idle longer: more idle energy per request
-    assert slow.period_s == pytest.approx(2 / closed.throughput_rps)
+    assert slow.period_s == pytest.approx(2 * closed.latency_s)
     assert slow.energy_j > closed.energy_j
     loaded = Problem(base.blocks, base.cluster, QoE(request_rate_rps=2 * closed.throughput_rps), base.batch, base.input_bytes)
     over = evaluate(plan, loaded)

@@ -13,7 +13,7 @@ from dora_fx.sim import SimConfig, simulate
 
 
 def test_one_device_plan_latency_is_the_sum_of_block_times():
-    problem = chain_problem(smart_home())
+    problem = chain_problem(smart_home().replace(source=None))  # nothing to send or return
     plan = pipeline(["laptop"], len(problem.blocks))
     laptop = problem.cluster.device("laptop")
     analytic = sum(laptop.block_time_s(b.flops, b.dense, b.bytes, b.ops) for b in problem.blocks)
@@ -139,12 +139,15 @@ def test_a_device_in_two_stages_runs_one_task_at_a_time():
 
 
 def test_source_and_sink_add_their_transfers():
-    problem = chain_problem(smart_home())
+    problem = chain_problem(smart_home().replace(source=None))
     plan = pipeline(["laptop", "jetson"], 6)
     local = simulate(plan, problem, requests=1).latencies_s[0]
     remote = simulate(plan, problem, requests=1, source="phone", sink="phone")
     assert remote.latencies_s[0] > local
     assert {(f.src, f.dst) for f in remote.flow_events} == {("phone", "laptop"), ("laptop", "jetson"), ("jetson", "phone")}
+    # smart_home's own source is the phone: its problems send from and return to it
+    by_default = simulate(plan, chain_problem(smart_home()), requests=1)
+    assert by_default.latencies_s == remote.latencies_s
 
 
 def test_bad_plans_and_configs_are_refused():
