@@ -197,6 +197,7 @@ class Composer:
             if late is None:
                 break
             allowed[late] = False  # its requests would wait for the others' jobs: drop it
+        x = _or_one_plan(program, x, offered_rps, allowed)
         rates = {f.name: 0.0 for f in figures}
         for f, rate in zip(eligible, x, strict=True):
             rates[f.name] = float(rate) if rate > 1e-9 else 0.0
@@ -268,6 +269,27 @@ def sharing_wait_s(name: str, job_s: Mapping[str, Mapping[str, float]]) -> float
         if seconds > 0
     ]
     return max(waits, default=0.0)
+
+
+def _or_one_plan(
+    program: _Program, x: np.ndarray, offered_rps: float, allowed: np.ndarray
+) -> np.ndarray:
+    """``x``, or one plan alone at its most if that serves more (or as much for less power).
+
+    Dropping late plans one at a time can drop the plan that would serve the whole load by
+    itself (every plan shares the source device, so any mixture of two may be late); a plan
+    alone never waits for another's jobs, so each is a candidate."""
+    best, best_key = x, program.true_cost(x, offered_rps)
+    if best_key[0] <= 1e-9:
+        return best
+    caps = np.where(program.busy > 0, program.cap / np.maximum(program.busy, 1e-300), np.inf)
+    for p in np.flatnonzero(program.rate_limit > 0):
+        alone = np.zeros_like(x)
+        alone[p] = min(offered_rps, program.rate_limit[p], caps[:, p].min())
+        key = program.true_cost(alone, offered_rps)
+        if key[0] < best_key[0] - 1e-9 or (key[0] <= best_key[0] + 1e-9 and key[1] < best_key[1]):
+            best, best_key = alone, key
+    return best
 
 
 def _late_when_sharing(
