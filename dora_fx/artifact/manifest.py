@@ -72,6 +72,14 @@ class PlanFolder:
     training: bool = False  # the mode the model was compiled in
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def ends(self) -> tuple[str | None, str | None]:
+        """(source, sink): where requests enter and where results must go, as planned (the
+        QoE's, else the cluster's ``source``; None: the first stage / where computed)."""
+        qoe, cluster = self.qoe or {}, self.cluster or {}
+        source = qoe.get("source") or cluster.get("source")
+        return source, qoe.get("sink") or cluster.get("source")
+
     def stage(self, index: int) -> StageEntry:
         if not 0 <= index < len(self.stages):
             raise PlanFolderError(

@@ -171,3 +171,20 @@ def test_registrations_of_more_critical_flows_hold_others_until_they_leave(tmp_p
     ledger.unregister(1)
     assert ledger.held_until(2, (1, 0, -1), ["air:wifi"]) is None
     ledger.close()
+
+
+def test_user_inputs_leave_the_source_and_outputs_go_to_the_sink():
+    """Rank 0 stands for the plan's source and sink: the emulated network carries the inputs
+    from the source device and the results to the sink device, free where the two are one."""
+    from dora_fx.runtime.distributed.transport import INPUT_TAG, OUTPUT_TAG, message_devices
+    from dora_fx.runtime.distributed.wiring import RankInfo, StageWiring
+
+    table = [RankInfo(0, 0, 0, "jetson", (1.0,)), RankInfo(1, 1, 0, "laptop", (1.0,))]
+    wiring = StageWiring(table, {0: {}, 1: {}}, {0: {}, 1: {}}, {0: 0}, {0: [0]}, {1: [0]})
+    assert message_devices(wiring, table[0], 0, INPUT_TAG) == ("jetson", "jetson")
+    assert message_devices(wiring, table[1], 0, OUTPUT_TAG) == ("laptop", "laptop")
+    assert message_devices(wiring, table[0], 1, 7) == ("jetson", "laptop")
+    wiring.source, wiring.sink = "phone", "phone"
+    assert message_devices(wiring, table[0], 0, INPUT_TAG) == ("phone", "jetson")
+    assert message_devices(wiring, table[1], 0, OUTPUT_TAG) == ("laptop", "phone")
+    assert message_devices(wiring, table[0], 1, 7) == ("jetson", "laptop")

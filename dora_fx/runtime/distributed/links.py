@@ -111,19 +111,22 @@ class Links:
     def post_chunks(
         self, dst: int, item: int, tag: int, tensor: torch.Tensor, batch: int,
         shaped: bool, chunks: int, priority: tuple[int, int, int],
+        devices: tuple[str, str] | None = None,
     ) -> list[Sending]:  # fmt: skip
-        """Send ``tensor`` as ``chunks`` messages (fewer when it has fewer elements)."""
+        """Send ``tensor`` as ``chunks`` messages (fewer when it has fewer elements);
+        ``devices``: the (from, to) devices the shaper emulates (default: the two ranks')."""
         chunks = max(1, min(chunks, tensor.numel()))
         if chunks == 1 or dst == self.me.rank:
-            return [self.post(dst, item, tag, tensor, batch, shaped, priority)]
+            return [self.post(dst, item, tag, tensor, batch, shaped, priority, devices=devices)]
         flat = tensor.detach().reshape(-1)
         sendings, start = [], 0
         for index, size in enumerate(chunk_sizes(flat.numel(), chunks)):
             piece = flat.narrow(0, start, size)
             sendings.append(
                 self.post(
-                    dst, item, tag, piece, batch, shaped, priority, (index, chunks), tensor.shape
-                )
+                    dst, item, tag, piece, batch, shaped, priority, (index, chunks),
+                    tensor.shape, devices,
+                )  # fmt: skip
             )
             start += size
         return sendings
@@ -139,13 +142,26 @@ class Links:
         priority: tuple[int, int, int],
         chunk: tuple[int, int] = (0, 1),
         shape: Sequence[int] | None = None,
+        devices: tuple[str, str] | None = None,
     ) -> Sending:
         """Post one message; returns at once with what ``sent`` waits for. ``priority`` is what
-        the shaper's ``critical-first`` pacing orders flows by."""
+        the shaper's ``critical-first`` pacing orders flows by. A message to this rank itself
+        is filed at once, or at its emulated arrival when ``devices`` are two (rank 0's user
+        inputs from another source device, its outputs to another sink)."""
         sending = Sending(dst, item, tag)
+        src_device, dst_device = devices or (self.me.device, self.table[dst].device)
         if dst == self.me.rank:
-            self._deposit(dst, item, tag, tensor, batch)
-            sending.left.set()
+            if self.shaper is None or not shaped or src_device == dst_device:
+                self._deposit(dst, item, tag, tensor, batch)
+                sending.left.set()
+                return sending
+            nbytes = tensor.numel() * tensor.element_size()
+            self.shaper.submit(
+                dst, src_device, dst_device, nbytes,
+                lambda: self._deposit(dst, item, tag, tensor, batch), True,
+                priority=priority, on_left=sending.left.set,
+            )  # fmt: skip
+            sending.shaped = True
             return sending
         payload = tensor.detach().to("cpu", copy=False).contiguous()
         head = header(DATA, item, tag, payload, batch, chunk, shape)
@@ -166,7 +182,7 @@ class Links:
             transmit()
         else:
             self.shaper.submit(
-                dst, self.me.device, self.table[dst].device, nbytes, transmit, shaped,
+                dst, src_device, dst_device, nbytes, transmit, shaped,
                 priority=priority, on_left=sending.left.set,
             )  # fmt: skip
         self._reap()

@@ -3,8 +3,9 @@
 Ranks follow the plan (``wiring``: stage major, then the devices of a data-parallel group). A
 rank executes its stage's schedule (``runner``) once per request, one *item* per microbatch
 (item = request * microbatches + microbatch); its POST, WAIT, SEND and SENT actions come here,
-and ``links`` carries the messages. Rank 0 also is the source and the sink: it cuts requests
-into microbatches, sends every stage the user inputs it uses, and collects the model outputs.
+and ``links`` carries the messages. Rank 0 also stands for the source and the sink: it cuts
+requests into microbatches, sends every stage the user inputs it uses (from the plan's source
+device: ``wiring.source``), and collects the model outputs (sent to the sink device).
 
 Data-parallel groups split an item's rows with the one batch split every runtime uses
 (``ir.batch_split.split_sizes``, largest remainder over the group's shares). A sender sends each
@@ -19,7 +20,8 @@ only the items in flight. CUDA stages stage tensors through the CPU for gloo.
 
 Emulation: every message of a shaped send goes through the ``network_emulation.LinkShaper``,
 with the priority ``(request, microbatch, -receiving stage)`` its ``critical-first`` pacing
-uses.
+uses: user inputs on the links from the source device, outputs on the links to the sink (free
+where the two devices are one: results computed on the sink, inputs used on the source).
 """
 
 from __future__ import annotations
@@ -35,10 +37,22 @@ from ..network_emulation import LinkShaper
 from .links import Links, Sending
 from .wiring import RankInfo, StageWiring
 
-__all__ = ["DistTransport", "Sending", "INPUT_TAG", "OUTPUT_TAG"]
+__all__ = ["DistTransport", "Sending", "INPUT_TAG", "OUTPUT_TAG", "message_devices"]
 
 INPUT_TAG = 1 << 24  # + user input position
 OUTPUT_TAG = 2 << 24  # + user output position
+
+
+def message_devices(wiring: StageWiring, sender: RankInfo, dst: int, tag: int) -> tuple[str, str]:
+    """(from, to): the devices a message of ``sender`` to rank ``dst`` travels between on the
+    emulated network. User inputs leave the source; outputs go to the sink (or stay where
+    they were computed, without one); stage tensors go from device to device."""
+    src, to = sender.device, wiring.table[dst].device
+    if INPUT_TAG <= tag < OUTPUT_TAG:
+        src = wiring.source or src
+    elif tag >= OUTPUT_TAG:
+        to = wiring.sink or src
+    return src, to
 
 
 class DistTransport:
@@ -149,6 +163,7 @@ class DistTransport:
                     shaped=True, source=True,
                 )  # fmt: skip
 
+
     def forget(self, item: int) -> None:
         """This rank is done with ``item``: drop what it knew of it (its global batch). Rank 0
         forgets an item once it collected its outputs (after running its own stage's actions
@@ -167,7 +182,7 @@ class DistTransport:
             if batch_dim is None and not first:
                 continue  # the group's first member with rows returns values without a batch dim
             batch = self._global_batch(item, value, batch_dim)
-            self._post_chunks(0, item, OUTPUT_TAG + position, value, batch, False, 1)
+            self._post_chunks(0, item, OUTPUT_TAG + position, value, batch, True, 1)
 
     def collect_outputs(
         self, item: int, positions: Sequence[int]
@@ -270,7 +285,10 @@ class DistTransport:
         receiver = self.wiring.table[dst]
         to_stage = self.wiring.num_stages if tag >= OUTPUT_TAG else receiver.stage
         priority = (*divmod(item, self.microbatches), -to_stage)
-        return self.links.post_chunks(dst, item, tag, tensor, batch, shaped, chunks, priority)
+        devices = message_devices(self.wiring, self.me, dst, tag)
+        return self.links.post_chunks(
+            dst, item, tag, tensor, batch, shaped, chunks, priority, devices
+        )
 
     def close(self) -> None:
         """Tell every receiver this rank is done, let sends finish, join the receivers."""

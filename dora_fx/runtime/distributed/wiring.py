@@ -2,7 +2,9 @@
 
 Ranks follow the plan (``rank_table``: stage major, then the devices of a data-parallel group).
 ``StageWiring`` is what plan.json says about every stage: its ranks, the batch dims of the
-tensors it sends and receives, the user inputs it uses and the outputs it returns.
+tensors it sends and receives, the user inputs it uses and the outputs it returns, and the
+plan's source and sink devices (rank 0 stands for both: it releases the requests and collects
+the results, and their transfers are shaped as from the source and to the sink).
 Data-parallel groups split every tensor with a ``batch_dim`` by the group's shares
 (``ir.batch_split``). ``transport`` moves the tensors along this wiring.
 """
@@ -50,6 +52,8 @@ class StageWiring:
     output_dims: dict[int, int | None]  # user output position -> batch dim
     input_stages: dict[int, list[int]]  # stage -> user input positions it uses
     output_stages: dict[int, list[int]]  # stage -> user output positions it returns
+    source: str | None = None  # the device requests come from (None: rank 0's)
+    sink: str | None = None  # the device results go to (None: they stay where computed)
 
     @classmethod
     def from_folder(cls, folder: PlanFolder) -> StageWiring:
@@ -63,7 +67,8 @@ class StageWiring:
                 output_dims[position] = None if spec is None else spec.get("batch_dim")
             inputs[index] = list(entry.input_indices)
             outputs[index] = list(entry.output_indices)
-        return cls(rank_table(folder.plan), send_dims, recv_dims, output_dims, inputs, outputs)
+        table = rank_table(folder.plan)
+        return cls(table, send_dims, recv_dims, output_dims, inputs, outputs, *folder.ends)
 
     @property
     def num_stages(self) -> int:
