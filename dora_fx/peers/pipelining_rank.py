@@ -5,8 +5,9 @@ Each rank builds the split itself (``Pipe`` objects do not pickle) from the save
 only its stage and serves it with ``ScheduleGPipe``, emulated by ``peers.pipelining_emulation``.
 It warms up (not emulated, not measured), then runs the closed loop of ``in_flight`` requests:
 rank 0 releases a request when the one ``in_flight`` before it is done, which the last stage
-tells it with a small token (not shaped, as Dora's outputs return unshaped). Rank 0 gathers the
-ranks' figures and writes the result; the last stage writes the outputs.
+tells it with a small token once the outputs reached the sink (the cluster's source, as for
+Dora's plans; emulated, the token waits for the outputs' bytes to cross the network). Rank 0
+gathers the ranks' figures and writes the result; the last stage writes the outputs.
 """
 
 from __future__ import annotations
@@ -87,18 +88,17 @@ def _run_rank(config: PeerConfig, rank: int, world_size: int) -> None:
                 released.append(completed[r - window] if r >= window else start)
             out = _step(schedule, rank, last, request)
             if rank == last:
-                token = torch.tensor([r, int(time.monotonic() * 1e6)], dtype=torch.int64)
-                pending.append((dist.isend(token, 0, group=tokens, tag=_TOKEN_TAG), token))
+                _return(config, emulation, r, out, pending, tokens)
                 if config.keep_outputs:
                     outputs.append(out)
         if rank == 0:
             while len(completed) < len(requests):
                 completed.append(_take_token(tokens, last))
                 _progress(config, len(completed), len(requests))
-        for work, _ in pending:
-            work.wait()
     if emulation.shaper is not None:
         emulation.shaper.close(config.timeout_s)
+    for work, _ in pending:
+        work.wait()
     for send in emulation.sends:
         send.finish()
     metrics = _metrics(rank, config.devices[rank], emulation, scale)
@@ -124,6 +124,32 @@ def _run_rank(config: PeerConfig, rank: int, world_size: int) -> None:
 def _step(schedule: Any, rank: int, last: int, request: tuple[Any, ...]) -> Any:
     out = schedule.step(*request) if rank == 0 else schedule.step()
     return out if rank == last else None
+
+
+def _return(
+    config: PeerConfig,
+    emulation: _Emulation,
+    request: int,
+    out: Any,
+    pending: list[tuple[Any, torch.Tensor]],
+    tokens: Any,
+) -> None:
+    """The last stage: request ``request`` is done when its outputs reach the sink (the
+    cluster's source device, as for Dora's plans), which the token to rank 0 tells, stamped
+    at that arrival: emulated, it leaves after the outputs' bytes crossed the network."""
+
+    def tell() -> None:
+        token = torch.tensor([request, int(time.monotonic() * 1e6)], dtype=torch.int64)
+        pending.append((dist.isend(token, 0, group=tokens, tag=_TOKEN_TAG), token))
+
+    sink = (config.cluster or {}).get("source")
+    here = config.devices[-1]
+    if emulation.shaper is None or sink is None or sink == here:
+        tell()
+        return
+    leaves = torch.utils._pytree.tree_leaves(out)
+    nbytes = sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+    emulation.shaper.submit(0, here, sink, nbytes, tell, True)
 
 
 def _take_token(group: Any, last: int) -> float:
