@@ -7,7 +7,8 @@
    flow's share of what the medium carried.
 3. Prediction: models x scenarios run emulated (one process per device, each executing its
    stage's schedule); measured latency and throughput against the simulator's for the same
-   plan, schedule (microbatches, overlap, contention) and load (``compiled.simulate``).
+   plan, schedule (microbatches, overlap, contention) and load (``compiled.simulate``), in all
+   and per action class (compute per stage, input, transfer, return: ``report``).
 4. Peer: on emulated smart_home, torch.distributed.pipelining (evenly spaced SplitPoints,
    ScheduleGPipe) vs Dora's plan, same emulation; throughputs, latencies and their ratio.
 
@@ -34,6 +35,7 @@ import dora_fx
 from dora_fx.cost_models.calibrate import calibrate
 from dora_fx.cost_models.network import Link, Medium, Network
 from dora_fx.runtime.distributed.launch import run_local
+from dora_fx.runtime.distributed.report import format_action_report
 
 warnings.filterwarnings("ignore")
 MB = 1e6
@@ -166,7 +168,9 @@ def prediction_check(
         assert problem is not None and problem.batch == batch
         # the schedule the ranks executed: its microbatches, overlap and contention policy
         sim = compiled.simulate(SimConfig(requests=requests, concurrency=in_flight))
+        actions = result.action_report(sim)
         rows.append({
+            "actions": actions,
             "model": model_name, "scenario": scenario, "plan": compiled.plan.to_text(),
             "measured_latency_s": result.latency_p50_s, "sim_latency_s": sim.latency_p50_s,
             "measured_throughput_rps": result.throughput_rps, "sim_throughput_rps": sim.throughput_rps,
@@ -186,6 +190,7 @@ def prediction_check(
               f"{r['latency_error']:>6.1%} {r['measured_throughput_rps']:>8.1f} "
               f"{r['sim_throughput_rps']:>8.1f} {r['throughput_error']:>6.1%}")  # fmt: skip
         print(f"    {r['schedule']}")
+        print("    " + format_action_report(r["actions"]).replace("\n", "\n    "))
         for device, busy, predicted in r["busy"]:
             print(f"    {device:<12} busy/request {busy * 1e3:8.3f} ms   runtime-predicted "
                   f"{predicted * 1e3:8.3f} ms   simulator {r['sim_busy'].get(device, 0) * 1e3:8.3f} ms")  # fmt: skip
@@ -304,6 +309,16 @@ def main(argv: list[str] | None = None) -> int:
                 "median_throughput_error": round(
                     statistics.median(r["throughput_error"] for r in rows), 4
                 ),
+                # per action class (compute per stage, input, transfer, return), every case
+                "action_class_median_error": round(statistics.median(
+                    a.error for r in rows for a in r["actions"] if a.error is not None
+                ), 4),
+                "action_class_errors": {
+                    f"{r['model']}/{r['scenario']}": {
+                        a.label: round(a.error, 3) for a in r["actions"] if a.error is not None
+                    }
+                    for r in rows
+                },
             }  # fmt: skip
         peers = peer_check(work, host, PEER_CASES, 2 * n, batch=4)
     best = max(peers, key=lambda r: r["throughput_ratio"])

@@ -231,3 +231,63 @@ def test_an_item_is_forgotten_once_done():
     transport.forget(3)
     transport.forget(3)  # twice: no harm
     assert transport.batch == {}
+
+
+def test_measured_and_simulated_actions_pair_up_per_action_class(host):
+    """The report pairs what the ranks ran with what the simulator predicts for the same plan,
+    schedule and load: every microbatch's compute per stage, the cut's transfer, and the
+    return of the results to the sink (the phone; the last stage runs elsewhere)."""
+    from dora_fx import models
+    from dora_fx.runtime.distributed.report import format_action_report
+    from dora_fx.sim import SimConfig
+
+    model, example = models.build("mlp", batch=4)
+    cluster = dora_fx.scenarios.smart_home()
+    plan = "plan p\nstage 0 blocks=0:4 devices=phone\nstage 1 blocks=4:9 devices=laptop"
+    compiled = dora_fx.compile(model, cluster, dora_fx.QoE(batch=4), example_inputs=example, plan=plan)
+    requests = 3
+    result = compiled.run_distributed(
+        [example] * requests, emulate=True, host=host, in_flight=2, time_scale=4.0, timeout_s=30
+    )
+    sim = compiled.simulate(SimConfig(requests=requests, concurrency=2))
+    rows = {(r.action, r.stage): r for r in result.action_report(sim)}
+    m = compiled.state.schedule.microbatches
+    assert set(rows) == {("compute", 0), ("compute", 1), ("transfer", 1), ("return", 1)}
+    for row in rows.values():
+        assert row.measured_count == row.simulated_count == requests * m
+        assert row.error is not None and row.measured_s > 0 and row.simulated_s > 0
+    assert "return stage 1" in format_action_report(list(rows.values()))
+
+
+def test_requests_by_id_arrive_on_a_trace_and_answers_stream_back(mlp2_plan, host):
+    """Open loop on a trace of arrival times (device seconds); each answer is handed out as
+    it comes, by the caller's request id, and the result maps ids to outputs."""
+    model, _, folder = mlp2_plan
+    ids = [7, 3, 11, 5]
+    requests = {rid: (torch.randn(4, 64),) for rid in ids}
+    arrivals_s = [0.0, 0.001, 0.001, 0.01]
+    streamed = []
+    result = run_local(
+        folder, requests, emulate=True, host=host, arrivals_s=arrivals_s, timeout_s=30,
+        on_answer=lambda rid, outputs: streamed.append(rid),
+    )  # fmt: skip
+    assert streamed == ids and result.request_ids == ids
+    with torch.no_grad():
+        for rid, output in result.by_id().items():
+            assert close(output, model(*requests[rid]))
+    assert len(result.latency_s) == 4
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"arrivals_s": [0.0, 0.1]}, r"arrivals_s has 2 times for 3 requests; give one each"),
+        ({"arrivals_s": [0.0, 0.2, 0.1]}, r"non-decreasing; arrival 2 is 0.1 after 0.2"),
+        ({"arrivals_s": [-1.0, 0.0, 0.1]}, r"non-negative"),
+        ({"arrivals_s": [0.0, 0.1, 0.2], "rate_rps": 5.0}, r"give rate_rps or arrivals_s, not both"),
+    ],
+)
+def test_bad_arrivals_are_refused_before_any_rank_starts(mlp2_plan, options, match):
+    _, _, folder = mlp2_plan
+    with pytest.raises(ValueError, match=match):
+        run_local(folder, [(torch.randn(4, 64),)] * 3, emulate=False, **options)

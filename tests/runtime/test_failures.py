@@ -55,3 +55,27 @@ def test_a_failed_rank_stops_the_run_with_its_name(mlp2_plan, kind, expected):
     # launcher's grace: a generous bound that still catches a hang
     assert time.monotonic() - started < 3 * TIMEOUT_S + 60
     assert _children() <= before
+
+
+def test_answers_given_before_a_failure_survive_it_by_request_id(mlp2_plan):
+    """Rank 0 hands each answer out as it collects it, so a rank killed mid-stream loses none
+    of the answers already given: the error's ``answered`` holds them by request id."""
+    from dora_fx.artifact.manifest import read_plan_folder
+
+    model, _, folder = mlp2_plan
+    m = read_plan_folder(folder).schedule.microbatches
+    requests = {100 + k: (torch.randn(4, 64),) for k in range(8)}
+    streamed: list[int] = []
+    with pytest.raises(DeviceLost) as failure:
+        run_local(
+            folder, requests, emulate=False, timeout_s=TIMEOUT_S, in_flight=1,
+            fault={"rank": 1, "item": 4 * m, "kind": "kill"},
+            on_answer=lambda rid, _: streamed.append(rid),
+        )  # fmt: skip
+    answered = failure.value.answered
+    # request 3's outputs may die with their sender (it is killed right after sending them)
+    assert {100, 101, 102} <= set(answered) <= set(range(100, 104))
+    assert streamed == sorted(streamed) and set(streamed) <= set(answered)
+    with torch.no_grad():
+        for rid, output in answered.items():
+            torch.testing.assert_close(output, model(*requests[rid]))

@@ -14,7 +14,11 @@ class RunConfig:
     """What every rank of one run is told (JSON, so the launcher can hand it to processes).
 
     ``in_flight``: requests rank 0 lets into the pipeline at once (closed loop; 0 means one
-    per rank); ``rate_rps``: release requests at this rate instead (open loop, device time).
+    per rank); ``rate_rps``: release requests at this rate instead (open loop, device time);
+    ``arrivals_s``: or at these times (a trace: device seconds from the stream's start, one per
+    request). ``outbox_dir``: rank 0 writes each answer there as it is collected
+    (``inbox.write_answer``, named by the request's position), so results stream back; on a
+    failure rank 0 saves the outputs it collected next to the result (``PARTIAL_SUFFIX``).
     ``warmup``: requests run first, unmeasured and not emulated, to count each stage's
     operations. ``time_scale``: wall seconds per emulated second (None: the smallest at which
     every device can be emulated, times ``contention_margin``). ``host``: the calibrated host as
@@ -33,6 +37,8 @@ class RunConfig:
     microbatches: int | None = None
     in_flight: int = 0
     rate_rps: float | None = None
+    arrivals_s: list[float] | None = None
+    outbox_dir: str | None = None
     warmup: int = 3
     timeout_s: float = 60.0
     emulate: bool = False

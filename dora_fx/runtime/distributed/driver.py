@@ -30,6 +30,7 @@ from ...ir.schedule import Schedule
 from ..compute_emulation import ComputeStretch, CpuSamples
 from .config import RunConfig
 from .emulation import start_emulation
+from .inbox import write_answer
 from .runner import StageRunner
 from .wiring import RankInfo, StageWiring
 
@@ -85,12 +86,15 @@ class Driver:
         self._stream_start = len(self._cpu_samples)
         if config.inbox_dir:
             return self._session(warmup)
+        if self.me.rank == 0 and config.outbox_dir:
+            outbox = config.outbox_dir
+            self._answer = lambda r, outputs: write_answer(outbox, r - warmup, outputs)
         return self._stream(requests, range(warmup, warmup + total))
 
     def _session(self, first: int) -> dict[str, Any] | None:
         """Serve the inbox in rounds until the launcher ends the session (``runtime.session``):
         rank 0 announces each round's size, then every rank runs it as one stream."""
-        from .inbox import Inbox, write_answer
+        from .inbox import Inbox
 
         assert self.config.inbox_dir is not None
         inbox = Inbox(self.config.inbox_dir) if self.me.rank == 0 else None
@@ -238,18 +242,19 @@ class Driver:
             self.runner.flush()
             return None
         window = self.config.in_flight or len(self.wiring.table)
+        open_loop = self.config.rate_rps is not None or self.config.arrivals_s is not None
         released: list[float] = []
         done: list[tuple[list[Any], float]] = []
         start = time.monotonic()
         for k, request in enumerate(requests):
-            while k - len(done) >= window and self.config.rate_rps is None:
+            while k - len(done) >= window and not open_loop:
                 done.append(self._collect(indices.start + len(done)))
                 self._progress(len(done), len(requests))
             # A request is issued when its client sends it: at its time in the open loop, or
             # when the request ``window`` before it returned (closed loop), not when rank 0
             # gets round to it; time it waits for rank 0's stage is latency, as in the sim.
-            if self.config.rate_rps:
-                issued = start + k * self.time_scale / self.config.rate_rps
+            if open_loop:
+                issued = start + self._arrival_s(k) * self.time_scale
                 _sleep_to(issued)
             else:
                 issued = done[k - window][1] if k >= window else start
@@ -262,6 +267,14 @@ class Driver:
             done.append(self._collect(indices.start + len(done)))
             self._progress(len(done), len(requests))
         return self._result(released, done)
+
+    def _arrival_s(self, k: int) -> float:
+        """Device seconds from the stream's start at which the ``k``-th request arrives in the
+        open loop: from the trace, else every ``1 / rate_rps``."""
+        if self.config.arrivals_s is not None:
+            return float(self.config.arrivals_s[k])
+        assert self.config.rate_rps is not None
+        return k / self.config.rate_rps
 
     def _collect(self, request: int) -> tuple[list[Any], float]:
         positions = sorted(self.wiring.output_dims)
@@ -342,6 +355,8 @@ class Driver:
                     "tag": tag,
                     "bytes": nbytes,
                     "seconds": (arrived - sent) / scale,
+                    "sent_s": (sent - t0) / scale,  # device seconds from the stream's start
+                    "arrived_s": (arrived - t0) / scale,
                 }
                 for src, item, tag, nbytes, sent, arrived in self.transport.transfers
                 if item >= first_item

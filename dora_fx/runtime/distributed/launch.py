@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,11 @@ import torch
 from ...artifact.manifest import PlanFolder, read_plan_folder
 from ...cost_models.device import Device
 from ...errors import RankFailedError
+from ...sim.result import SimResult
 from ..inputs import check_requests, flatten_requests
+from .answers import AnswerStream
 from .config import RunConfig
+from .report import ActionClass, action_report
 from .supervisor import spawn_ranks
 from .wiring import rank_table
 from .worker import die_with_parent, run_worker, worker_main
@@ -71,6 +74,11 @@ class DistributedResult:
     emulated: bool
     notes: list[str] = field(default_factory=list)
     schedule: str = ""  # the schedule the ranks executed (text form)
+    request_ids: list[int] = field(default_factory=list)  # of ``outputs``, in order
+
+    def by_id(self) -> dict[int, Any]:
+        """Each request's outputs by its id (the positions when ``requests`` was a list)."""
+        return dict(zip(self.request_ids, self.outputs, strict=True))
 
     @classmethod
     def from_raw(
@@ -102,6 +110,11 @@ class DistributedResult:
     @property
     def latency_p95_s(self) -> float:
         return _quantile(self.latency_s, 0.95)
+
+    def action_report(self, simulated: SimResult) -> list[ActionClass]:
+        """Measured vs ``simulated`` (the same plan, schedule and load, its timeline recorded)
+        per action class: compute per stage, input, transfer and return (``report``)."""
+        return action_report(self.ranks, simulated)
 
     def table(self) -> str:
         clock = "emulated device time" if self.emulated else "wall time"
@@ -164,11 +177,13 @@ def host_device(host: Device | str | Path | None) -> Device:
 
 def run_local(
     plan_dir: str | Path,
-    requests: Sequence[Any],
+    requests: Sequence[Any] | Mapping[int, Any],
     *,
     microbatches: int | None = None,
     in_flight: int = 0,
     rate_rps: float | None = None,
+    arrivals_s: Sequence[float] | None = None,
+    on_answer: Callable[[int, Any], None] | None = None,
     warmup: int = 3,
     emulate: bool = True,
     host: Device | str | Path | None = None,
@@ -184,14 +199,22 @@ def run_local(
     """Run a saved plan with one process per device on 127.0.0.1.
 
     ``requests``: each a tuple of positional inputs, or an ``(args, kwargs)`` pair, as the
-    model is called. Every rank executes its stage's schedule from the plan folder, cutting
-    each request into the schedule's microbatches; ``microbatches`` relowers that schedule for
-    another count (the result's notes say so). ``emulate``: stretch compute to each device's
-    predicted speed and shape transfers to the plan's network, paced by the schedule's
-    contention policy (needs ``host``, the calibrated host).
+    model is called; a list (ids are the positions) or a mapping ``{request_id: request}``.
+    Every rank executes its stage's schedule from the plan folder, cutting each request into
+    the schedule's microbatches; ``microbatches`` relowers that schedule for another count
+    (the result's notes say so). ``emulate``: stretch compute to each device's predicted speed
+    and shape transfers to the plan's network, paced by the schedule's contention policy
+    (needs ``host``, the calibrated host).
+
+    Arrivals: closed loop of ``in_flight`` requests (default), open loop at ``rate_rps``, or
+    at the times of ``arrivals_s`` (device seconds from the first request, one per request).
+    ``on_answer(request_id, outputs)`` is called as each result comes back; if the run fails,
+    the error's ``answered`` holds every result it gave, by request id (``answers``).
     """
     folder = read_plan_folder(plan_dir)
-    flat_requests = flatten_requests(folder.call, enumerate(requests))
+    items = list(requests.items()) if isinstance(requests, Mapping) else list(enumerate(requests))
+    _check_arrivals(arrivals_s, len(items), rate_rps)
+    flat_requests = flatten_requests(folder.call, items)
     compiled = folder.schedule.microbatches
     m = microbatches or compiled
     notes = [] if m == compiled else [
@@ -202,19 +225,67 @@ def run_local(
     if port:
         _check_port(port)
     with tempfile.TemporaryDirectory(prefix="dora_run_") as run_dir:
+        # answers come back through the outbox, one file each as rank 0 collects it
+        streamed = keep_outputs or on_answer is not None
+        outbox = os.path.join(run_dir, "outbox") if streamed else None
         config = run_config(
             folder.path, run_dir, microbatches=microbatches, in_flight=in_flight,
             rate_rps=rate_rps, warmup=warmup, timeout_s=timeout_s, emulate=emulate,
             time_scale=time_scale, host=host, compute_reference=compute_reference,
-            threads=threads, keep_outputs=keep_outputs, fault=fault,
+            threads=threads, keep_outputs=False, fault=fault, outbox_dir=outbox,
+            arrivals_s=None if arrivals_s is None else [float(t) for t in arrivals_s],
         )  # fmt: skip
+        ids = [rid for rid, _ in flat_requests]
+        answers = AnswerStream(folder.call, ids, outbox, on_answer)
+        if outbox is not None:
+            os.makedirs(outbox)
         torch.save([flat for _, flat in flat_requests], config.requests_path)
         started = time.monotonic()
-        _spawn_and_wait(config, folder, run_dir, port or free_port(), progress)
+        try:
+            _spawn_and_wait(config, folder, run_dir, port or free_port(), _watch(progress, answers))
+        except RankFailedError as exc:
+            answers.poll()
+            exc.answered = answers.answered
+            raise
+        answers.poll()
         wall_s = time.monotonic() - started
         raw = torch.load(os.path.join(run_dir, "result.pt"), weights_only=True)
-    outputs = [folder.call.unflatten(flat) for flat in raw["outputs"] if flat]
-    return DistributedResult.from_raw(raw, outputs, wall_s, emulate, notes)
+    kept = ids if keep_outputs else []
+    outputs = [answers.answered[rid] for rid in kept]
+    result = DistributedResult.from_raw(raw, outputs, wall_s, emulate, notes)
+    result.request_ids = kept
+    return result
+
+
+def _watch(
+    progress: Callable[[int, int], None] | None, answers: AnswerStream
+) -> Callable[[int, int], None] | None:
+    """The supervisor's progress hook, also handing out the answers written so far."""
+    if progress is None and answers.on_answer is None:
+        return None
+
+    def watch(done: int, total: int) -> None:
+        answers.poll()
+        if progress is not None:
+            progress(done, total)
+
+    return watch
+
+
+def _check_arrivals(arrivals_s: Sequence[float] | None, count: int, rate: float | None) -> None:
+    if arrivals_s is None:
+        return
+    if rate is not None:
+        raise ValueError("give rate_rps or arrivals_s, not both: each sets when requests arrive")
+    times = list(arrivals_s)
+    if len(times) != count:
+        raise ValueError(f"arrivals_s has {len(times)} times for {count} requests; give one each")
+    for k, (a, b) in enumerate(zip([0.0, *times], times)):
+        if not b >= a:
+            raise ValueError(
+                f"arrivals_s must be non-negative and non-decreasing; arrival {k} is {b!r} "
+                f"after {a!r}"
+            )
 
 
 def run_config(
