@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it ("" for a submodule of that name)
 _EXPORTS = {
     "Block": "dora_fx.analysis.problem",
+    "BackendOptionError": "dora_fx.errors",
     "CaptureError": "dora_fx.errors",
     "Cluster": "dora_fx.cost_models.cluster",
     "ClusterError": "dora_fx.errors",
@@ -40,6 +41,7 @@ _EXPORTS = {
     "Stage": "dora_fx.ir.plan",
     "VerificationError": "dora_fx.errors",
     "adapter": "dora_fx.adapter",
+    "backend": "dora_fx.dynamo",
     "baselines": "dora_fx.planner.baselines",
     "calibrate": "dora_fx.cost_models.calibrate",
     "compile": "dora_fx.api",
@@ -79,7 +81,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; nothing of it runs
     from .cost_models.cluster import Cluster
     from .cost_models.device import Device
     from .cost_models.network import Network
+    from .dynamo import backend
     from .errors import (
+        BackendOptionError,
         CaptureError,
         ClusterError,
         DeviceLost,

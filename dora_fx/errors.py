@@ -16,6 +16,7 @@ __all__ = [
     "PassError",
     "VerificationError",
     "InputError",
+    "BackendOptionError",
     "ProfileError",
     "RankFailedError",
     "DeviceLost",
@@ -60,6 +61,11 @@ class VerificationError(DoraError, AssertionError):
 
 class InputError(DoraError, TypeError):
     """Inputs given at call time do not match those the model was compiled for."""
+
+
+class BackendOptionError(DoraError, ValueError):
+    """``torch.compile(..., backend="dora", options=...)`` got a missing, unknown or wrong
+    option; the message names it and what it expects."""
 
 
 class ProfileError(DoraError, ValueError):

@@ -1,0 +1,201 @@
+"""The ``dora`` torch.compile backend: each Dynamo graph planned and run by dora_fx.
+
+Dynamo calls the backend once per graph it captures (a graph break makes two graphs, a
+recompile for new shapes another). For each: ``lift`` makes it a module of the user's
+tensors; a graph under ``min_flops`` at its example inputs, or one dora_fx cannot lift or
+capture, runs as Dynamo gave it (on one device; a capture failure warns, naming the error);
+every other graph goes through ``dora_fx.compile`` (the same passes as any model) and is
+called in-process (``LocalPipeline``) or, with ``runtime="distributed"``, on a session of one
+process per device. A call with autograd on and weights that need gradients runs the graph
+eagerly so that gradients flow (training through AOTAutograd is not built yet), and the
+record says so. ``DoraBackend.explain()`` lists each graph: its plan, or why it ran locally.
+"""
+
+from __future__ import annotations
+
+import atexit
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..api import CompiledModel, compile
+from ..errors import DoraError
+from .lift import LiftedGraph, LiftError, lift
+from .options import BackendOptions
+
+__all__ = ["DoraBackend", "GraphRecord", "last_backend"]
+
+
+@dataclass
+class GraphRecord:
+    """One Dynamo graph as the backend handled it."""
+
+    index: int
+    ops: int  # call_function nodes of Dynamo's graph
+    flops: float  # at its example inputs (matmuls and convolutions: FlopCounterMode)
+    plan: str | None = None  # the plan's text, when planned
+    reason: str = ""  # why it runs locally, when it does
+    compile_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self, min_flops: float) -> list[str]:
+        head = f"graph {self.index}: {self.ops} ops, {_flops(self.flops)} at its example inputs"
+        if self.plan is None:
+            reason = self.reason or "no call has run the plan yet (it is made on the first)"
+            lines = [f"{head} -> runs on one device, as captured: {reason}"]
+        else:
+            stages = self.plan.count("\nstage ")
+            lines = [f"{head} -> planned over {stages} stage(s):"]
+            lines += [
+                "    " + line for line in self.plan.splitlines() if not line.startswith("predicted")
+            ]
+        return lines + [f"    note: {n}" for n in self.notes]
+
+
+class DoraBackend:
+    """A torch.compile backend bound to its options (``dora_fx.backend(devices, qoe)``)."""
+
+    def __init__(self, options: BackendOptions) -> None:
+        self.options = options
+        self.records: list[GraphRecord] = []
+        self._sessions: list[Any] = []
+
+    def __call__(
+        self, gm: torch.fx.GraphModule, example_inputs: list[Any], **_: Any
+    ) -> Callable[..., Any]:
+        global _last
+        _last = self  # the backend that compiled the latest graph (``explain_last``)
+        record = GraphRecord(len(self.records), _ops(gm), 0.0)
+        self.records.append(record)
+        try:
+            lifted = lift(gm, example_inputs)
+        except LiftError as exc:
+            record.reason = f"its inputs cannot be mapped onto tensors ({exc})"
+            return gm.forward
+        record.flops = _count_flops(lifted)
+        if record.flops < self.options.min_flops:
+            record.reason = (
+                f"{_flops(record.flops)} < min_flops {self.options.min_flops:g} (a cut would "
+                "cost more time on the network than it saves)"
+            )
+            return gm.forward
+        built: list[Callable[..., Any]] = []
+        trainable = any(w.requires_grad for w in lifted.weights.values())
+
+        def run(*args: Any) -> Any:
+            if trainable and torch.is_grad_enabled():
+                _note(record, _AUTOGRAD_NOTE)
+                return gm.forward(*args)
+            # planned on the first call: torch.export inside Dynamo's own compile of the frame
+            # would change what Dynamo guards the frame's inputs on
+            if not built:
+                built.append(self._build(gm, lifted, record))
+            return built[0](*args)
+
+        return run
+
+    def _build(
+        self, gm: torch.fx.GraphModule, lifted: LiftedGraph, record: GraphRecord
+    ) -> Callable[..., Any]:
+        started = time.perf_counter()
+        try:
+            compiled = self._compile(lifted)
+        except DoraError as exc:
+            first = str(exc).splitlines()[0]
+            record.reason = f"dora_fx could not compile it: {first}"
+            warnings.warn(f"dora backend: graph {record.index} runs eagerly: {first}", stacklevel=3)
+            return gm.forward
+        record.compile_s = time.perf_counter() - started
+        record.plan = compiled.plan.to_text()
+        record.notes += compiled.notes
+        if self.options.runtime == "inprocess":
+            return lambda *args: compiled(*lifted.user_args(args))
+        call = self._session(compiled, lifted)
+        return lambda *args: call(*lifted.user_args(args))
+
+    def explain(self) -> str:
+        lines = [f"dora backend: {len(self.records)} graph(s) compiled"]
+        for record in self.records:
+            lines += record.describe(self.options.min_flops)
+        return "\n".join(lines)
+
+    def _compile(self, lifted: LiftedGraph) -> CompiledModel:
+        options = dict(self.options.compile_options)
+        if any(dim == 1 for _, dim in lifted.dynamic_dims):
+            options.setdefault("seq_dim", 1)
+        module = lifted.module.eval()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            compiled = compile(
+                module, self.options.devices, self.options.qoe,
+                example_inputs=lifted.example_inputs, **options,
+            )  # fmt: skip
+        # e.g. a graph Dynamo specialized to one batch size: said in explain, not warned
+        compiled.notes += [str(w.message) for w in caught if str(w.message) not in compiled.notes]
+        return compiled
+
+    def _session(self, compiled: CompiledModel, lifted: LiftedGraph) -> Callable[..., Any]:
+        """The compiled graph served by one process per device, kept up for the calls."""
+        from ..runtime.distributed.session import Session
+
+        folder = tempfile.TemporaryDirectory(prefix="dora_backend_")
+        compiled.save(folder.name)
+        session = Session(folder.name, lifted.example_inputs, emulate=False)
+        self._sessions.append((session, folder))
+        atexit.register(_close, session, folder)
+        counter = iter(range(1 << 62))
+
+        def call(*inputs: Any) -> Any:
+            rid = next(counter)
+            session.submit([(rid, tuple(inputs))])
+            return session.wait([rid])[rid]
+
+        return call
+
+
+_last: DoraBackend | None = None
+
+
+def last_backend() -> DoraBackend | None:
+    """The backend that compiled the latest graph, if any."""
+    return _last
+
+
+_AUTOGRAD_NOTE = (
+    "called with autograd on and weights that need gradients: ran eagerly so gradients flow "
+    "(training through the backend is not built yet; wrap inference in torch.no_grad())"
+)
+
+
+def _note(record: GraphRecord, note: str) -> None:
+    if note not in record.notes:
+        record.notes.append(note)
+
+
+def _close(session: Any, folder: tempfile.TemporaryDirectory[str]) -> None:
+    session.close()
+    folder.cleanup()
+
+
+def _ops(gm: torch.fx.GraphModule) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
+
+
+def _count_flops(lifted: LiftedGraph) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        lifted.module(*lifted.example_inputs)
+    return float(counter.get_total_flops())
+
+
+def _flops(flops: float) -> str:
+    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
+        if flops >= scale:
+            return f"{flops / scale:.3g} {unit}"
+    return f"{flops:.0f} FLOP"
