@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +16,14 @@ from .compiler.pipeline import run_passes
 from .compiler.state import CompileState
 from .cost_models.cluster import Cluster, as_cluster
 from .cost_models.device import Device
-from .errors import PlanError, QoEError
+from .errors import InputError, PlanError, QoEError
 from .explain import adapter_for, explain_state
 from .ir.plan import Plan
 from .qoe import QoE
 from .runtime.loaded import LoadedModel, load
 from .runtime.local import LocalPipeline
+from .runtime.train_step import LossFn, train_step
+from .runtime.weights import StageWeights
 from .sim import SimConfig, SimResult, simulate
 from .sim.scheduled import simulate_schedule
 
@@ -43,6 +45,8 @@ def compile(
     max_blocks: int = 100,
     plan: Plan | str | None = None,
     microbatches: int | None = None,
+    mode: str | None = None,
+    loss_fn: LossFn | None = None,
 ) -> CompiledModel:
     """Partition ``model`` across ``devices`` to meet ``qoe``.
 
@@ -53,7 +57,10 @@ def compile(
     ``plan``: use this plan (a Plan or its text form) instead of planning; it must cover the
     model's blocks (see ``explain()`` for the count). ``microbatches``: split each request into
     this many microbatches (default: the count the schedule pass finds fastest by simulation).
+    ``mode``: ``"train"`` or ``"eval"`` captures the model in that mode (default: the mode it
+    is in); ``loss_fn(output, target)``: the loss ``train_step`` applies per microbatch.
     """
+    training = _training_mode(model, mode, loss_fn)
     cluster, assumed_network = as_cluster(devices)
     if qoe is None:
         qoe = QoE()
@@ -70,8 +77,16 @@ def compile(
         max_blocks=max_blocks,
         given_plan=Plan.from_text(plan) if isinstance(plan, str) else plan,
         microbatches=microbatches,
+        for_training=mode == "train",
     )
-    run_passes(state)
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):  # anything else: capture says what it needs
+        model.train(training)
+    try:
+        run_passes(state)
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
     notes = []
     if assumed_network:
         notes.append(
@@ -79,22 +94,97 @@ def compile(
             "pass a dora_fx.Cluster to describe the real one"
         )
         warnings.warn(notes[-1], stacklevel=2)
-    return CompiledModel(state, notes)
+    if training and state.schedule is not None:
+        notes += _batch_norm_note(model, state.schedule.microbatches)
+    return CompiledModel(state, notes, loss_fn)
+
+
+def _batch_norm_note(model: torch.nn.Module, microbatches: int) -> list[str]:
+    """Batch norm in training mode normalizes each microbatch by its own statistics."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or microbatches == 1:
+        return []
+    note = (
+        f"the model has {len(norms)} batch norm layer(s) and the schedule cuts each batch into "
+        f"{microbatches} microbatches: in training mode each microbatch is normalized by its own "
+        "statistics, so losses, gradients and running statistics differ from the un-split "
+        "model's; compile with microbatches=1 for the same results"
+    )
+    warnings.warn(note, stacklevel=3)
+    return [note]
+
+
+def _training_mode(model: torch.nn.Module, mode: str | None, loss_fn: LossFn | None) -> bool:
+    """The mode the model is captured in: ``mode``'s, or the model's own."""
+    if mode not in (None, "train", "eval"):
+        raise InputError(f"mode must be 'train', 'eval' or None (the model's own), got {mode!r}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise InputError(f"loss_fn must be callable as loss_fn(output, target), got {loss_fn!r}")
+    if mode is None:
+        return bool(getattr(model, "training", False))
+    training = mode == "train"
+    if training != getattr(model, "training", False):
+        warnings.warn(
+            f"the model is in {'training' if model.training else 'eval'} mode; mode={mode!r} "
+            f"captures it in {mode} mode (dropout and batch norm as in {mode}) and leaves the "
+            f"model as it was; call model.{mode}() first to silence this",
+            stacklevel=3,
+        )
+    return training
 
 
 class CompiledModel(LocalPipeline):
     """The partitioned model. Call it like the original (in-process run of every stage)."""
 
-    def __init__(self, state: CompileState, notes: list[str]) -> None:
+    def __init__(
+        self, state: CompileState, notes: list[str], loss_fn: LossFn | None = None
+    ) -> None:
         assert state.captured is not None and state.plan is not None
         assert state.call is not None and state.schedule is not None
         assert state.cluster is not None
-        super().__init__(state.stages, state.call, state.schedule, state.model.training)
+        super().__init__(state.stages, state.call, state.schedule, state.captured.training)
         self.state = state
         self.plan = state.plan
         self.cluster: Cluster = state.cluster
         self.qoe = state.qoe
         self.notes = notes + state.captured.notes
+        self.loss_fn = loss_fn
+        model_state = state.model.state_dict(keep_vars=True)
+        self.weights = StageWeights(state.stages, state.captured.attr_sources, model_state)
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The stages' parameters, one per model parameter (tied weights once)."""
+        return (p for _, p in self.weights.named_parameters())
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        return self.weights.named_parameters()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The stages' weights under the model's ``state_dict`` keys."""
+        return self.weights.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.weights.load_state_dict(state)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def train_step(self, *args: Any, target: Any, **kwargs: Any) -> torch.Tensor:
+        """Forward and backward of one batch over the schedule's microbatches; gradients
+        accumulate in ``parameters()`` (step the optimizer after). Returns the batch's loss
+        (``runtime.train_step``)."""
+        if self.loss_fn is None:
+            raise InputError(
+                "train_step needs the loss: compile(..., mode='train', loss_fn=...); or call "
+                "the model and backward your own loss"
+            )
+        if not self.training:
+            raise InputError(
+                "train_step on a model compiled in eval mode: compile(..., mode='train') "
+                "captures dropout and batch norm as in training"
+            )
+        return train_step(self, args, kwargs, target, self.loss_fn)
 
     def explain(self, batch: int | None = None) -> str:
         return explain_state(self.state, self.notes, batch)

@@ -47,6 +47,7 @@ class Captured:
     attr_sources: dict[str, str] = field(default_factory=dict)
     example_batch: int = 1
     notes: list[str] = field(default_factory=list)
+    training: bool = False  # the mode the model was captured in
 
     @property
     def input_names(self) -> list[str]:
@@ -60,10 +61,25 @@ def capture(
     *,
     seq_dim: int | None = None,
     dynamic: bool = True,
+    for_training: bool = False,
 ) -> Captured:
-    """Capture ``model`` called as ``model(*example_inputs, **example_kwargs)``."""
+    """Capture ``model`` called as ``model(*example_inputs, **example_kwargs)``;
+    ``for_training``: the model is in training mode on purpose (no warning)."""
     args, kwargs = _check_inputs(model, example_inputs, example_kwargs)
-    if model.training:
+    captured = _capture(model, args, kwargs, seq_dim, dynamic, for_training)
+    captured.training = bool(model.training)
+    return captured
+
+
+def _capture(
+    model: torch.nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    seq_dim: int | None,
+    dynamic: bool,
+    for_training: bool,
+) -> Captured:
+    if model.training and not for_training:
         warnings.warn(
             "the model is in training mode; dropout and batch-norm statistics are captured as "
             "such. Call model.eval() first for inference plans.",

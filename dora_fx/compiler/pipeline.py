@@ -48,8 +48,9 @@ log = logging.getLogger("dora_fx")
 
 def _capture(state: CompileState) -> None:
     state.captured = capture(
-        state.model, state.example_inputs, state.example_kwargs, seq_dim=state.seq_dim
-    )
+        state.model, state.example_inputs, state.example_kwargs, seq_dim=state.seq_dim,
+        for_training=state.for_training,
+    )  # fmt: skip
 
 
 def _annotate_costs(state: CompileState) -> None:

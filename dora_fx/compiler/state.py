@@ -45,6 +45,7 @@ class CompileState:
     plan: Plan | None = None
     programs: list[StageProgram] = field(default_factory=list)
     microbatches: int | None = None  # None: schedule_comm picks the count by simulation
+    for_training: bool = False  # compile(mode="train"): captured in training mode on purpose
     schedule_choice: ScheduleChoice | None = None
     stages: list[StageModule] = field(default_factory=list)
     call: CallSpec | None = None  # the call the model was captured for (codegen)

@@ -75,15 +75,21 @@ class LocalPipeline:
         return self.train(False)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        flat = self.call.flatten(args, kwargs)
-        run = _ScheduledRun(self, flat)
+        return self.call.unflatten(self.run_flat(self.call.flatten(args, kwargs)))
+
+    def run_flat(self, flat: list[Any], microbatches: int | None = None) -> list[Any]:
+        """The flat outputs for the flat inputs, under the schedule (relowered for
+        ``microbatches``, or for fewer when the batch has fewer rows)."""
+        run = _ScheduledRun(self, flat, microbatches)
         joined = run.run()
         self.last_rows = run.rows
-        return self.call.unflatten(joined)
+        return joined
 
-    def schedule_for(self, batch: int | None) -> Schedule:
-        """The compiled schedule, relowered for fewer microbatches when a batch has fewer rows."""
-        m = 1 if batch is None else max(1, min(self.schedule.microbatches, batch))
+    def schedule_for(self, batch: int | None, microbatches: int | None = None) -> Schedule:
+        """The compiled schedule, relowered for ``microbatches`` (default: the compiled count)
+        or fewer when a batch has fewer rows."""
+        wanted = self.schedule.microbatches if microbatches is None else microbatches
+        m = 1 if batch is None else max(1, min(wanted, batch))
         if m not in self._schedules:
             self._schedules[m] = relower(self.schedule, m)
         return self._schedules[m]
@@ -92,10 +98,12 @@ class LocalPipeline:
 class _ScheduledRun:
     """One call of a scheduled pipeline: the state every action reads and writes."""
 
-    def __init__(self, pipeline: LocalPipeline, flat: list[Any]) -> None:
+    def __init__(
+        self, pipeline: LocalPipeline, flat: list[Any], microbatches: int | None = None
+    ) -> None:
         self.pipeline, self.stages = pipeline, {s.index: s for s in pipeline.stages}
         batch = pipeline.call.batch_size(flat)
-        self.schedule = pipeline.schedule_for(batch)
+        self.schedule = pipeline.schedule_for(batch, microbatches)
         m = self.schedule.microbatches
         self.sizes: list[int | None] = (
             [batch] if batch is None or m == 1 else list(split_sizes(batch, [1.0] * m))
