@@ -1,11 +1,18 @@
 """A Linux network-namespace testbed: a dora_fx cluster (its devices and the network joining
 them) made real on one machine, so distributed runs cross kernel-shaped links.
 
-``Layout.of(cluster, prefix)`` names a namespace, interfaces and an address per device
-(``layout``); ``shaping`` writes the ``tc`` commands that give each link its rates, and says
-how faithful they are.
+``NetnsCluster(cluster)`` makes a namespace per device behind a router namespace and shapes the
+links with ``tc`` (``netns``; how faithful the shaping is: ``shaping``); ``available()`` says
+whether that can be done here.
+Needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN), iproute2 and sysctl.
 """
 
 from .layout import Layout, TestbedError
+from .netns import NetnsCluster, available
 
-__all__ = ["Layout", "TestbedError"]
+__all__ = [
+    "NetnsCluster",
+    "available",
+    "Layout",
+    "TestbedError",
+]
