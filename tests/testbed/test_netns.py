@@ -28,6 +28,7 @@ from dora_fx.testbed import (
     stop_nodes,
     wait_nodes,
 )
+from dora_fx.testbed.cli import main
 
 AVAILABLE, REASON = available()
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=REASON)
@@ -113,6 +114,20 @@ def test_a_failure_halfway_through_up_removes_what_was_made(monkeypatch):
     with pytest.raises(TestbedError, match="nosuchdev"):
         NetnsCluster(_shared(), "tpart").up()
     assert _leftovers("tpart") == []
+
+
+def test_the_command_line_brings_a_scenario_up_shows_it_and_tears_it_down(capsys):
+    try:
+        assert main(["up", "--scenario", "smart_home", "--prefix", "tcli"]) == 0
+        assert "rpi4           namespace tcli-rpi4" in capsys.readouterr().out
+        assert main(["up", "--scenario", "edge_cluster", "--prefix", "tcli"]) == 2
+        assert "down --prefix tcli" in capsys.readouterr().err
+        assert main(["status", "--prefix", "tcli"]) == 0
+        assert "shared air of 'wifi5' (htb on tcli-air0 in tcli-hub)" in capsys.readouterr().out
+    finally:
+        assert main(["down", "--prefix", "tcli"]) == 0
+    assert main(["status", "--prefix", "tcli"]) == 1
+    assert _leftovers("tcli") == []
 
 
 def test_a_switched_link_carries_its_configured_rate():
