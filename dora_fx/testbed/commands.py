@@ -116,6 +116,8 @@ def teardown(prefix: str) -> list[str]:
         with contextlib.suppress(TestbedError):  # gone meanwhile: what we wanted
             run_command(("ip", "netns", "delete", name))
     _state_path(prefix).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the last testbed gone: leave nothing under /run
+        STATE_DIR.rmdir()
     left = namespaces_of(prefix)
     if left:
         raise TestbedError(f"could not delete namespaces {left}; try `ip netns delete NAME`")
