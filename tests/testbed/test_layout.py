@@ -51,6 +51,9 @@ def test_a_switched_link_is_capped_at_its_wire_rate_both_ways():
     assert qdisc[-2:] == ("default", "1")
     rate = klass[klass.index("rate") + 1]
     assert rate == klass[klass.index("ceil") + 1] == f"{round(20e6 * 1514 / 1448)}bit"
+    assert klass[klass.index("burst") + 1] == f"{round(20e6 * 1514 / 1448 / 8 * 2e-3)}b"  # 2 ms
+    slow = cap_commands("ns", "eth", 1e6)[1]
+    assert slow[slow.index("burst") + 1] == "3028b"  # two frames at least
     assert wire_rate_bps(1448.0) == pytest.approx(1514.0)
     assert WIRE_BYTES_PER_PAYLOAD_BYTE > 1
 
@@ -63,7 +66,8 @@ def test_a_shared_medium_sorts_each_hop_into_its_station_class():
     assert f"rate {round(wire_rate_bps(563.29e6))}bit" in parent  # the fastest hop
     rpi4 = stations[2]
     up = next(c for c in commands if "classid 1:1002" in c)  # rpi4's uplink
-    assert up.endswith(f"ceil {round(wire_rate_bps(rpi4.up_bps))}bit quantum 65536")
+    ceil = wire_rate_bps(rpi4.up_bps)
+    assert f"ceil {round(ceil)}bit burst " in up and f"cburst {round(ceil / 8 * 2e-3)}b " in up
     assert "match u8 64 0xff at 8 match ip src 10.77.0.3/32 flowid 1:1002" in " | ".join(commands)
     assert "match u8 63 0xff at 8 match ip dst 10.77.0.3/32 flowid 1:2002" in " | ".join(commands)
     redirects = [c for c in commands if "mirred egress redirect dev t-air0" in c]
