@@ -47,6 +47,7 @@ def compile(
     microbatches: int | None = None,
     mode: str | None = None,
     loss_fn: LossFn | None = None,
+    share_weights: bool = False,
 ) -> CompiledModel:
     """Partition ``model`` across ``devices`` to meet ``qoe``.
 
@@ -59,6 +60,8 @@ def compile(
     this many microbatches (default: the count the schedule pass finds fastest by simulation).
     ``mode``: ``"train"`` or ``"eval"`` captures the model in that mode (default: the mode it
     is in); ``loss_fn(output, target)``: the loss ``train_step`` applies per microbatch.
+    ``share_weights``: the stages use the model's own parameters and buffers instead of
+    copies (what an optimizer steps, and batch norm updates, is then the model's).
     """
     training = _training_mode(model, mode, loss_fn)
     cluster, assumed_network = as_cluster(devices)
@@ -96,7 +99,7 @@ def compile(
         warnings.warn(notes[-1], stacklevel=2)
     if training and state.schedule is not None:
         notes += _batch_norm_note(model, state.schedule.microbatches)
-    return CompiledModel(state, notes, loss_fn)
+    return CompiledModel(state, notes, loss_fn, share_weights)
 
 
 def _batch_norm_note(model: torch.nn.Module, microbatches: int) -> list[str]:
@@ -137,7 +140,11 @@ class CompiledModel(LocalPipeline):
     """The partitioned model. Call it like the original (in-process run of every stage)."""
 
     def __init__(
-        self, state: CompileState, notes: list[str], loss_fn: LossFn | None = None
+        self,
+        state: CompileState,
+        notes: list[str],
+        loss_fn: LossFn | None = None,
+        share_weights: bool = False,
     ) -> None:
         assert state.captured is not None and state.plan is not None
         assert state.call is not None and state.schedule is not None
@@ -150,7 +157,8 @@ class CompiledModel(LocalPipeline):
         self.notes = notes + state.captured.notes
         self.loss_fn = loss_fn
         model_state = state.model.state_dict(keep_vars=True)
-        self.weights = StageWeights(state.stages, state.captured.attr_sources, model_state)
+        attrs = state.captured.attr_sources
+        self.weights = StageWeights(state.stages, attrs, model_state, share_weights)
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         """The stages' parameters, one per model parameter (tied weights once)."""

@@ -4,11 +4,13 @@ Dynamo calls the backend once per graph it captures (a graph break makes two gra
 recompile for new shapes another). For each: ``lift`` makes it a module of the user's
 tensors; a graph under ``min_flops`` at its example inputs, or one dora_fx cannot lift or
 capture, runs as Dynamo gave it (on one device; a capture failure warns, naming the error);
-every other graph goes through ``dora_fx.compile`` (the same passes as any model) and is
-called in-process (``LocalPipeline``) or, with ``runtime="distributed"``, on a session of one
-process per device. A call with autograd on and weights that need gradients runs the graph
-eagerly so that gradients flow (training through AOTAutograd is not built yet), and the
-record says so. ``DoraBackend.explain()`` lists each graph: its plan, or why it ran locally.
+every other graph goes through ``dora_fx.compile`` (the same passes as any model) with the
+user's own parameters and buffers (``share_weights``) and is called in-process
+(``LocalPipeline``) or, with ``runtime="distributed"``, on a session of one process per
+device. In process, a call with autograd on records the stages' ops, so ``backward()``
+reaches the user's parameters through every stage; the distributed runtime serves inference
+only, and a call there with autograd on and trainable weights runs the graph eagerly.
+``DoraBackend.explain()`` lists each graph: its plan, or why it ran locally.
 """
 
 from __future__ import annotations
@@ -87,12 +89,8 @@ class DoraBackend:
             )
             return gm.forward
         built: list[Callable[..., Any]] = []
-        trainable = any(w.requires_grad for w in lifted.weights.values())
 
         def run(*args: Any) -> Any:
-            if trainable and torch.is_grad_enabled():
-                _note(record, _AUTOGRAD_NOTE)
-                return gm.forward(*args)
             # planned on the first call: torch.export inside Dynamo's own compile of the frame
             # would change what Dynamo guards the frame's inputs on
             if not built:
@@ -118,7 +116,16 @@ class DoraBackend:
         if self.options.runtime == "inprocess":
             return lambda *args: compiled(*lifted.user_args(args))
         call = self._session(compiled, lifted)
-        return lambda *args: call(*lifted.user_args(args))
+        trainable = any(w.requires_grad for w in lifted.weights.values())
+
+        def served(*args: Any) -> Any:
+            if trainable and torch.is_grad_enabled():  # the ranks record no autograd graph
+                if _EAGER_NOTE not in record.notes:
+                    record.notes.append(_EAGER_NOTE)
+                return gm.forward(*args)
+            return call(*lifted.user_args(args))
+
+        return served
 
     def explain(self) -> str:
         lines = [f"dora backend: {len(self.records)} graph(s) compiled"]
@@ -133,9 +140,10 @@ class DoraBackend:
         module = lifted.module.eval()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            # the user's own weights: gradients reach them, their optimizer's steps reach us
             compiled = compile(
                 module, self.options.devices, self.options.qoe,
-                example_inputs=lifted.example_inputs, **options,
+                example_inputs=lifted.example_inputs, share_weights=True, **options,
             )  # fmt: skip
         # e.g. a graph Dynamo specialized to one batch size: said in explain, not warned
         compiled.notes += [str(w.message) for w in caught if str(w.message) not in compiled.notes]
@@ -168,15 +176,10 @@ def last_backend() -> DoraBackend | None:
     return _last
 
 
-_AUTOGRAD_NOTE = (
+_EAGER_NOTE = (
     "called with autograd on and weights that need gradients: ran eagerly so gradients flow "
-    "(training through the backend is not built yet; wrap inference in torch.no_grad())"
+    "(the distributed runtime serves inference; use runtime='inprocess' to train)"
 )
-
-
-def _note(record: GraphRecord, note: str) -> None:
-    if note not in record.notes:
-        record.notes.append(note)
 
 
 def _close(session: Any, folder: tempfile.TemporaryDirectory[str]) -> None:

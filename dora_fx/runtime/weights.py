@@ -5,7 +5,8 @@ Each stage module holds the weights its nodes read, under the captured graph's a
 read (GPT-2's token embedding, tied to its LM head) is captured once per stage; ``tie``
 makes every stage attribute of one model tensor point at one ``nn.Parameter`` (or buffer), so
 in-process autograd sums the gradients of its uses, an optimizer steps it once, and the
-stages cannot drift apart. ``StageWeights`` then answers ``named_parameters``, ``state_dict``
+stages cannot drift apart; with ``share`` that one tensor is the model's own (the
+torch.compile backend: the user's optimizer steps the user's parameters). ``StageWeights`` then answers ``named_parameters``, ``state_dict``
 (the model's keys, tied keys included, as ``model.state_dict()`` has them) and
 ``load_state_dict``.
 """
@@ -30,11 +31,15 @@ class StageWeights:
         stages: Sequence[StageModule],
         attr_sources: Mapping[str, str],
         model_state: Mapping[str, torch.Tensor],
+        share: bool = False,
     ) -> None:
+        """``share``: the stages use the model's own tensors (training steps the model)."""
         self.keys = list(model_state)  # the model's own order
         owner = {id(t): key for key, t in reversed(list(model_state.items()))}
         canonical = {key: owner[id(t)] for key, t in model_state.items()}  # tied -> first key
         self._tensors: dict[str, torch.Tensor] = {}
+        if share:
+            self._tensors = {key: model_state[key] for key in set(canonical.values())}
         for stage in stages:
             _tie(stage.module, attr_sources, canonical, self._tensors)
         self._canonical = canonical

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact.manifest import read_plan_folder
+from ..runtime.distributed.rank import DEVICE_ENV
 from ..runtime.distributed.wiring import rank_table
 from .netns import NetnsCluster
 
@@ -67,7 +68,8 @@ def node_commands(
             "--master-addr", master, "--master-port", str(port),
         )  # fmt: skip
         env = {**os.environ, "GLOO_SOCKET_IFNAME": testbed.interface(info.device),
-               "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1"}  # fmt: skip
+               "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1",
+               DEVICE_ENV: info.device}  # the rank checks it runs the device planned  # fmt: skip
         commands.append(NodeCommand(info.rank, info.device, torchrun + launch, env))
     return commands
 

@@ -291,3 +291,18 @@ def test_bad_arrivals_are_refused_before_any_rank_starts(mlp2_plan, options, mat
     _, _, folder = mlp2_plan
     with pytest.raises(ValueError, match=match):
         run_local(folder, [(torch.randn(4, 64),)] * 3, emulate=False, **options)
+
+
+def test_a_host_that_is_not_the_planned_device_is_refused(monkeypatch):
+    """A host says which device it is (DORA_DEVICE): the rank the plan puts on another
+    device refuses to run there, naming both and the right mapping."""
+    from dora_fx.runtime.distributed.rank import _check_host
+    from dora_fx.runtime.distributed.wiring import RankInfo, StageWiring
+
+    table = [RankInfo(0, 0, 0, "phone", (1.0,)), RankInfo(1, 1, 0, "laptop", (1.0,))]
+    wiring = StageWiring(table, {}, {}, {}, {}, {})
+    monkeypatch.setenv("DORA_DEVICE", "laptop")
+    _check_host(wiring, 1)
+    with pytest.raises(PlanFolderError, match=r"rank 0 is planned for device 'phone' but was "
+                       r"started on the host of device 'laptop' .*rank 0: phone, rank 1: laptop"):
+        _check_host(wiring, 0)

@@ -11,6 +11,7 @@ and the metrics rank 0 gathers and writes.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | 
     folder = read_plan_folder(config.plan_dir)
     wiring = StageWiring.from_folder(folder)
     _check_world(folder, wiring, world_size)
+    _check_host(wiring, rank)
     me = wiring.table[rank]
     stage = load_stage_module(folder, me.stage)
     device = torch.device(config.device)
@@ -95,4 +97,21 @@ def _check_world(folder: PlanFolder, wiring: StageWiring, world_size: int) -> No
         raise PlanFolderError(
             f"{folder.path} holds a plan for {len(table)} ranks (one per device of every stage: "
             f"{[r.device for r in table]}), but {world_size} were started; start {len(table)}"
+        )
+
+
+DEVICE_ENV = "DORA_DEVICE"  # set on a host: the device it is, which its rank must run
+
+
+def _check_host(wiring: StageWiring, rank: int) -> None:
+    """A host that says which device it is (``DORA_DEVICE``) must be the one the plan puts
+    this rank on: a node rank given to the wrong host would run on the wrong links."""
+    here = os.environ.get(DEVICE_ENV)
+    planned = wiring.table[rank].device
+    if here and here != planned:
+        hosts = ", ".join(f"rank {r.rank}: {r.device}" for r in wiring.table)
+        raise PlanFolderError(
+            f"rank {rank} is planned for device {planned!r} but was started on the host of "
+            f"device {here!r} ({DEVICE_ENV}); start each host with the node rank of its device "
+            f"({hosts})"
         )
