@@ -22,6 +22,7 @@ from .ir.plan import Plan
 from .qoe import QoE
 from .runtime.loaded import LoadedModel, load
 from .runtime.local import LocalPipeline
+from .runtime.train_memory import StageMemory, check_fits, training_memory
 from .runtime.train_step import LossFn, train_step
 from .runtime.weights import StageWeights
 from .sim import SimConfig, SimResult, simulate
@@ -99,7 +100,10 @@ def compile(
         warnings.warn(notes[-1], stacklevel=2)
     if training and state.schedule is not None:
         notes += _batch_norm_note(model, state.schedule.microbatches)
-    return CompiledModel(state, notes, loss_fn, share_weights)
+    compiled = CompiledModel(state, notes, loss_fn, share_weights)
+    if training:
+        compiled.check_training_memory()
+    return compiled
 
 
 def _batch_norm_note(model: torch.nn.Module, microbatches: int) -> list[str]:
@@ -156,6 +160,8 @@ class CompiledModel(LocalPipeline):
         self.qoe = state.qoe
         self.notes = notes + state.captured.notes
         self.loss_fn = loss_fn
+        self.memory: list[StageMemory] = []  # training memory per device (train mode)
+        self.optimizer = "adamw"
         model_state = state.model.state_dict(keep_vars=True)
         attrs = state.captured.attr_sources
         self.weights = StageWeights(state.stages, attrs, model_state, share_weights)
@@ -195,7 +201,21 @@ class CompiledModel(LocalPipeline):
         return train_step(self, args, kwargs, target, self.loss_fn)
 
     def explain(self, batch: int | None = None) -> str:
-        return explain_state(self.state, self.notes, batch)
+        text = explain_state(self.state, self.notes, batch)
+        if self.memory:
+            lines = [f"training memory per device (1F1B, {self.optimizer}, batch {self.qoe.batch}):"]
+            text += "\n" + "\n".join(lines + ["  " + m.describe() for m in self.memory])
+        return text
+
+    def check_training_memory(self, optimizer: str = "adamw") -> list[StageMemory]:
+        """Each device's training memory (weights, gradients, ``optimizer``'s state and the
+        activations in flight under 1F1B; ``runtime.train_memory``), kept for explain();
+        ``InfeasibleQoEError`` names a device it does not fit."""
+        flat = self.call.flatten(tuple(self.state.example_inputs), self.state.example_kwargs)
+        self.memory = training_memory(self, flat, self.cluster, self.qoe.batch, optimizer)
+        self.optimizer = optimizer
+        check_fits(self.memory, optimizer)
+        return self.memory
 
     def adapter(self, anticipate: bool = True) -> Adapter:
         """The runtime adapter over this model's plan set: ``decide(conditions)`` composes the

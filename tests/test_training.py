@@ -178,3 +178,25 @@ def test_train_step_needs_a_loss_and_a_train_mode_compile():
         compiled.train_step(*example, target=torch.zeros(4, 10))
     with pytest.raises(dora_fx.InputError, match=r"mode must be 'train', 'eval' or None"):
         dora_fx.compile(model, dora_fx.scenarios.smart_home(), example_inputs=example, mode="fit")
+
+
+def test_training_memory_that_fits_no_device_is_refused_naming_it_and_the_bytes():
+    model, example, _ = _setup("mlp")
+    roomy = dora_fx.Cluster(tuple(dora_fx.Device(n, 1e11) for n in ("a", "b")))
+    compiled = dora_fx.compile(copy.deepcopy(model), roomy, dora_fx.QoE(batch=4), example_inputs=example,
+                               mode="train", loss_fn=loss_fn, num_stages=2)  # fmt: skip
+    memory = compiled.memory
+    assert [m.device for m in memory] == ["a", "b"]
+    assert all(m.grads == m.weights and m.optimizer == 2 * m.weights for m in memory)  # adamw
+    assert all(m.activations > 0 for m in memory)
+    assert "training memory per device (1F1B, adamw, batch 4)" in compiled.explain()
+    # room for the weights twice over (inference fits), not for gradients and AdamW's moments
+    small = max(m.weights for m in memory) * 2.5
+    tight = dora_fx.Cluster(tuple(dora_fx.Device(n, 1e11, memory_bytes=small) for n in ("a", "b")))
+    dora_fx.compile(copy.deepcopy(model), tight, dora_fx.QoE(batch=4), example_inputs=example,
+                    mode="eval", num_stages=2)  # fmt: skip
+    with pytest.raises(dora_fx.InfeasibleQoEError,
+                       match=r"training does not fit device '.' \(adamw\): stage . on .: weights .* "
+                       r"\+ grads .* \+ optimizer .* \+ activations .* in flight\) = .* KiB of"):  # fmt: skip
+        dora_fx.compile(copy.deepcopy(model), tight, dora_fx.QoE(batch=4), example_inputs=example,
+                        mode="train", loss_fn=loss_fn, num_stages=2)  # fmt: skip

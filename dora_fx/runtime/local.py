@@ -17,7 +17,7 @@ The stages run under the caller's grad mode and in the pipeline's train/eval mod
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -60,6 +60,7 @@ class LocalPipeline:
         self._schedules = {schedule.microbatches: schedule}
         # rows of the last call each device computed (a data-parallel member: its share)
         self.last_rows: dict[str, int] = {}
+        self.on_compute: Callable[[int], None] | None = None  # told each stage index computing
         self.train(training)
 
     def train(self, mode: bool = True) -> LocalPipeline:
@@ -149,6 +150,8 @@ class _ScheduledRun:
             view.received[(action.peer, action.index)] = value
 
     def _compute(self, stage: int, mb: int, segment: int, view: StageView) -> None:
+        if self.pipeline.on_compute is not None:
+            self.pipeline.on_compute(stage)
         module = self.stages[stage]
         inputs = [self.inputs[mb][i] for i in module.input_indices]
         if len(module.shares) > 1:  # data-parallel: one segment, run once per member
