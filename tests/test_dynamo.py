@@ -79,11 +79,17 @@ def test_a_graph_break_gives_two_graphs_each_planned_or_run_locally_golden():
     assert text == golden.read_text(), f"explain_last() differs from {golden}"
 
 
-@pytest.mark.parametrize(("name", "microbatches"), [("mlp", 2), ("gpt2", 2), ("cnn", 1)])
+BATCH_NORM = {"cnn", "mobilenetv2", "resnet"}
+
+
+@pytest.mark.parametrize(
+    ("name", "microbatches"),
+    [(name, 1 if name in BATCH_NORM else 2) for name in sorted(models.MODELS)],
+)
 def test_training_through_the_backend_gives_eager_gradients(name, microbatches):
     """Gradients of every parameter equal eager's through the planned stages (the backend's
     stages use the model's own parameters), and an optimizer step reaches the stages. Batch
-    norm normalizes each microbatch on its own, so the CNN runs one."""
+    norm normalizes each microbatch on its own, so its models run one."""
     model, example = models.build(name, batch=4)
     model.train()
     for module in model.modules():
