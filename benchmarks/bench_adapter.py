@@ -78,8 +78,11 @@ from dora_fx.analysis.problem import Problem  # noqa: E402
 from dora_fx.planner import solve  # noqa: E402
 from dora_fx.planner.synthetic import random_problem  # noqa: E402
 
+# Requests enter at the cluster's source and results return there (the phone of smart_home,
+# cam0 of traffic_analytics). At 20 ms no plan meets the SLO after smart_home's bandwidth drop
+# once the phone is the source; at 22 ms the start plan misses it and another meets it.
 SETUPS = {  # trace -> (model, cluster, latency SLO ms, batch)
-    "bandwidth_drop": ("mobilenetv2", scenarios.smart_home, 20.0, 1),
+    "bandwidth_drop": ("mobilenetv2", scenarios.smart_home, 22.0, 1),
     "device_leave": ("mobilenetv2", scenarios.traffic_analytics, 50.0, 8),
     "load_double": ("resnet", lambda: scenarios.edge_cluster(4), 150.0, 8),
     "drop_at_capacity": ("mobilenetv2", scenarios.smart_home, 70.0, 8),
@@ -92,6 +95,10 @@ def traces() -> dict[str, Trace]:
     drop = out["bandwidth_drop"]
     out["drop_at_capacity"] = Trace("drop_at_capacity", drop.duration_s, 25.0, drop.events,
                                     drop.scenario)  # fmt: skip
+    # 60 batches of 8 frames a second (289 MB/s) cannot leave cam0's Gigabit port; 30 (145 MB/s
+    # of frames, less once cam0 runs the first blocks) can
+    leave = out["device_leave"]
+    out["device_leave"] = Trace(leave.name, leave.duration_s, 30.0, leave.events, leave.scenario)
     return out
 
 
