@@ -66,6 +66,8 @@ def node_commands(
             python, "-m", "torch.distributed.run", "--nnodes", str(len(table)),
             "--node-rank", str(info.rank), "--nproc-per-node", "1",
             "--master-addr", master, "--master-port", str(port),
+            # a node that never joins ends the others after this long (default: 600 s)
+            "--rdzv-conf", f"timeout={max(int(timeout_s), 10)}",
         )  # fmt: skip
         env = {**os.environ, "GLOO_SOCKET_IFNAME": testbed.interface(info.device),
                "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1",

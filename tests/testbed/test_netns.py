@@ -222,3 +222,26 @@ def test_losing_a_device_mid_run_ends_the_run_with_an_error(mlp_plan, tmp_path, 
     if victim == 1:  # rank 0 names the rank it lost
         assert failure["suspect_rank"] == 1 and "device 'a'" in failure["message"], failure
     assert not (tmp_path / "result.pt").exists()
+
+
+def test_a_rendezvous_that_never_completes_ends_with_an_error_within_the_timeout(mlp_plan, tmp_path):
+    """Rank 1's host never comes up: rank 0's torchrun gives up after its rendezvous timeout
+    (the run's timeout, ``--rdzv-conf timeout=``) with an error saying who joined."""
+    _, cluster, folder = mlp_plan
+    _requests(tmp_path / "requests.pt", rows=8, count=2)
+    with NetnsCluster(cluster, "trdzv") as testbed:
+        commands = node_commands(
+            testbed, folder, tmp_path / "requests.pt", tmp_path / "result.pt",
+            port=29614, timeout_s=RUN_TIMEOUT_S,
+        )  # fmt: skip
+        started = time.monotonic()
+        procs = start_nodes(testbed, commands[:1], tmp_path)
+        try:
+            codes = wait_nodes(procs, 3 * RUN_TIMEOUT_S + 30)
+        finally:
+            stop_nodes(testbed, commands, procs)
+        ended_s = time.monotonic() - started
+    assert codes[0] not in (0, None), _logs(tmp_path)
+    assert ended_s < 3 * RUN_TIMEOUT_S + 30
+    assert "1/2 clients joined" in _logs(tmp_path)
+
