@@ -209,6 +209,7 @@ def test_losing_a_device_mid_run_ends_the_run_with_an_error(mlp_plan, tmp_path, 
                 assert time.monotonic() < deadline, _logs(tmp_path)
                 assert all(p.poll() is None for p in procs), _logs(tmp_path)
                 time.sleep(0.2)
+            testbed_address = testbed.address(commands[victim].device)
             testbed.kill(commands[victim].device)
             killed = time.monotonic()
             code = wait_nodes([procs[survivor]], 3 * RUN_TIMEOUT_S + 30)[0]
@@ -221,6 +222,7 @@ def test_losing_a_device_mid_run_ends_the_run_with_an_error(mlp_plan, tmp_path, 
     assert failure["rank"] == survivor, failure
     if victim == 1:  # rank 0 names the rank it lost
         assert failure["suspect_rank"] == 1 and "device 'a'" in failure["message"], failure
+        assert f"at {testbed_address}" in failure["message"], failure  # the host, too
     assert not (tmp_path / "result.pt").exists()
 
 

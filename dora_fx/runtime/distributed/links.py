@@ -90,6 +90,7 @@ class Links:
         self.me, self.table, self.timeout_s, self.device = me, list(table), timeout_s, device
         self.shaper: LinkShaper | None = None
         self.bytes_sent = 0
+        self.addresses: dict[int, str] = {}  # rank -> host address, for errors (``rank``)
         # received messages: (sending rank, item, tag, bytes, sent at, arrived at) in wall seconds
         self.transfers: list[tuple[int, int, int, int, float, float]] = []
         self._sources, self._destinations = sorted(sources), sorted(destinations)
@@ -285,8 +286,10 @@ class Links:
             if isinstance(cause, TimeoutError) or "imeout" in str(cause) or "imed out" in str(cause)
             else "disconnected (it died)"
         )
+        host = self.addresses.get(peer_rank)
+        where = f" at {host}" if host else ""
         error = RankFailedError(
-            f"{self.me.describe()} waited on item {item} for {peer.describe()}, which "
+            f"{self.me.describe()} waited on item {item} for {peer.describe()}{where}, which "
             f"{what}: {str(cause).splitlines()[0][:200]}. Look at that rank's log; raise "
             "timeout_s if its stage is legitimately slow"
         )

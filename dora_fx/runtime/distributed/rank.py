@@ -12,6 +12,7 @@ and the metrics rank 0 gathers and writes.
 from __future__ import annotations
 
 import os
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -53,6 +54,7 @@ def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | 
     group = groups.get(me.stage)
     group_size = _check_group(group)
     transport = DistTransport(me, wiring, config.timeout_s, device, schedule.microbatches)
+    transport.links.addresses = _host_addresses(control, world_size)
     runner = StageRunner(
         me.stage, schedule.stages[me.stage], schedule.pipelined, schedule.microbatches,
         SegmentProgram(module), transport, grad=config.grad,
@@ -115,3 +117,21 @@ def _check_host(wiring: StageWiring, rank: int) -> None:
             f"device {here!r} ({DEVICE_ENV}); start each host with the node rank of its device "
             f"({hosts})"
         )
+
+
+def _host_addresses(control: Any, world_size: int) -> dict[int, str]:
+    """Every rank's host address (the one it reaches rank 0's host from), so that an error
+    about a lost peer can name the host too."""
+    addresses: list[Any] = [None] * world_size
+    dist.all_gather_object(addresses, _address(), group=control)
+    return {rank: str(a) for rank, a in enumerate(addresses)}
+
+
+def _address() -> str:
+    master = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((master, 9))  # no packet is sent: this picks the route's address
+            return str(probe.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
