@@ -56,3 +56,21 @@ def test_the_readme_usage_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(example, "README.md", "exec"), {})
     assert (tmp_path / "out" / "plan.json").exists()
     assert "Stage 0 of" in capsys.readouterr().out
+
+
+def test_train_plans_prints_memory_and_matches_plain_steps(capsys):
+    code = main(["train", "--model", "transformer", "--scenario", "edge_cluster", "--batch", "4",
+                 "--num-stages", "2", "--microbatches", "2", "--steps", "2", "--optimizer", "adamw"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "training memory per device (1F1B, adamw, batch 4)" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit() and "e" in line.split()[-1]]
+    errors = [float(r[-1]) for r in rows if len(r) == 4]
+    assert len(errors) == 2 and max(errors) < 1e-4, out
+
+
+def test_train_refuses_zero_steps():
+    import pytest
+
+    with pytest.raises(SystemExit, match="--steps must be >= 1"):
+        main(["train", "--model", "mlp", "--steps", "0"])

@@ -12,20 +12,9 @@ import torch.nn.functional as F
 
 import dora_fx
 from dora_fx import models
+from dora_fx.training_tasks import without_dropout
 
 BATCH_NORM = {"cnn", "mobilenetv2", "resnet"}  # differ with microbatches > 1, by nature
-
-
-def _no_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    config = getattr(model, "config", None)
-    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob",
-                "attention_probs_dropout_prob", "attention_dropout"):  # fmt: skip
-        if config is not None and hasattr(config, key):
-            setattr(config, key, 0.0)
-    return model
 
 
 def _logits(output):
@@ -44,7 +33,7 @@ def loss_fn(output, target):
 def _setup(name: str):
     torch.manual_seed(0)
     model, example = models.build(name, batch=4)
-    model = _no_dropout(model).train()
+    model = without_dropout(model).train()
     with torch.no_grad():
         out = _logits(copy.deepcopy(model)(*example))
     generator = torch.Generator().manual_seed(1)

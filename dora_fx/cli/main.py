@@ -3,6 +3,7 @@
     dora-fx plan --model gpt2 --scenario smart_home --latency-ms 1500 --out out/
     dora-fx simulate --model gpt2 --scenario smart_home --out sim/   # Gantt PNG + Chrome trace
     dora-fx run out/ --local --model gpt2 --batch 8                  # one process per device
+    dora-fx train --model gpt2 --scenario smart_home --steps 3       # plan training, run steps
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=run_plan)
     from .run import add_run_parser
     from .simulate import add_simulate_parser
+    from .train import add_train_parser
 
     add_simulate_parser(commands)
     add_run_parser(commands)
+    add_train_parser(commands)
     return parser
 
 
