@@ -18,8 +18,13 @@ through the link shaper instead. The reported hang (batch_isend_irecv on non-NCC
 therefore not reproduced here; should a run still hang, the whole run is ended at ``timeout_s``
 and ``PeerScheduleHung`` says so, and ``peer_training_throughput`` falls back to GPipe.
 
+Tied weights are not one parameter to the peer: ``pipeline`` copies a weight two stages use
+(GPT-2's ``wte`` and ``lm_head``) into both, and each stage trains its own copy; its losses are
+those of plain training of the untied model (the first step's equal the tied model's).
+
 ``run_pipelining_training`` returns per-step losses and, in emulated device seconds, each
-step's iteration time and the samples per second of the measured steps.
+step's iteration time (from the end of the step before, or the measured steps' start, to the
+last rank's end of its optimizer step) and the samples per second of the measured steps.
 """
 
 from __future__ import annotations
@@ -235,13 +240,15 @@ def _spawn_with_deadline(config: PeerTrainConfig, table: list[PeerRank], run_dir
             procs=procs,
         )  # fmt: skip
     except RankFailedError as exc:
-        if fired.is_set() or "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
-            raise _hung(config, run_dir, deadline_s, exc) from exc
+        if fired.is_set():  # the deadline stopped the ranks: that, not the kill, is the news
+            raise _hung(config, deadline_s, None) from exc
+        if "timed out" in str(exc).lower() or "timeout" in str(exc).lower():
+            raise _hung(config, deadline_s, exc) from exc
         raise
     finally:
         timer.cancel()
     if fired.is_set():
-        raise _hung(config, run_dir, deadline_s, None)
+        raise _hung(config, deadline_s, None)
 
 
 def _split_allowance_s(ranks: int) -> float:
@@ -250,9 +257,7 @@ def _split_allowance_s(ranks: int) -> float:
     return 20.0 + 10.0 * ranks / max(os.cpu_count() or 1, 1)
 
 
-def _hung(
-    config: PeerTrainConfig, run_dir: str, deadline_s: float, cause: Exception | None
-) -> PeerScheduleHung:
+def _hung(config: PeerTrainConfig, deadline_s: float, cause: Exception | None) -> PeerScheduleHung:
     progress = Path(config.progress_path or "")
     done = progress.read_text().split() if progress.is_file() else []
     steps = f"{done[0]} of {done[1]} steps done" if len(done) == 2 else "no measured step done"
@@ -307,9 +312,10 @@ def peer_training_throughput(
 ) -> dict[str, Any]:
     """For the training benchmark: the peer's emulated samples/s and iteration time on
     ``cluster`` (``devices`` in order, by default all of the cluster's) with Schedule1F1B, or
-    with ScheduleGPipe when 1F1B hung (``hung_1f1b``, ``note`` says what happened). ``example``
-    and ``target`` give the batch's shapes; the data is ``synthetic_batches`` of ``seed``.
-    ``options`` go to ``run_pipelining_training`` (``time_scale``, ``timeout_s``, ...)."""
+    with ScheduleGPipe when 1F1B hung (``hung_1f1b``, ``note`` says what happened);
+    ``iteration_s`` is the median step's. ``example`` and ``target`` give the batch's shapes;
+    the data is ``synthetic_batches`` of ``seed``. ``options`` go to
+    ``run_pipelining_training`` (``time_scale``, ``timeout_s``, ...)."""
     names = list(devices or cluster.device_names)
     batches = synthetic_batches(example, target, steps, seed)
     mbs = microbatches or len(names)
@@ -330,6 +336,8 @@ def peer_training_throughput(
         "hung_1f1b": hung,
         "note": note,
         "losses": result.losses,
+        "time_scale": result.time_scale,
+        "predicted_bottleneck_step_s": max(r.get("predicted_step_s", 0.0) for r in result.ranks),
         "microbatches": mbs,
         "devices": names,
     }

@@ -1,12 +1,12 @@
 """The peer's emulation for training: ``pipelining_emulation``'s, extended to the backward and
 the optimizer step, and hooked where both of torch's single-stage schedules send.
 
-* compute: three segments per rank, each stretched to its device's roofline time as the
+* compute: four segments per rank, each stretched to its device's roofline time as the
   inference peer stretches its forward (``ComputeStretch`` against the running mean of the
-  segment's measured CPU time): the stage submodule's ``forward``, the stage's
-  ``backward_one_chunk`` (the autograd ops it runs, recorded by the same ``CostRecorder``: the
-  backward's real FLOPs and bytes, not a multiple of the forward's) and the optimizer's
-  ``step``;
+  segment's measured CPU time): the stage submodule's ``forward``, the schedule's loss (the
+  last stage's ``_compute_loss``), the stage's ``backward_one_chunk`` (the autograd ops it
+  runs, recorded by the same ``CostRecorder``: the backward's real FLOPs and bytes, not a
+  multiple of the forward's) and the optimizer's ``step``;
 * transfers: ``schedules._batch_p2p``, which ``ScheduleGPipe`` reaches through
   ``_sorted_batch_p2p`` and ``Schedule1F1B`` calls directly, hands every send to the
   ``LinkShaper`` and ``MediumLedger`` (a ``_DeferredSend``, as for inference) and posts the
@@ -31,7 +31,7 @@ from .pipelining_emulation import _DeferredSend
 
 __all__: list[str] = []  # the peer training rank's own machinery
 
-SEGMENTS = ("forward", "backward", "optimizer")
+SEGMENTS = ("forward", "loss", "backward", "optimizer")
 
 
 class _Segment:
@@ -121,14 +121,16 @@ class _TrainEmulation:
             send.finish()
 
     def metrics(self, scale: float, microbatches: int) -> dict[str, Any]:
-        fwd, bwd, opt = (self.segments[name] for name in SEGMENTS)
+        fwd, loss, bwd, opt = (self.segments[name] for name in SEGMENTS)
+        per_mb_s = fwd.device_s + loss.device_s + bwd.device_s
         return {
             "busy_s": sum(s.stretch.busy_wall_s for s in self.segments.values()) / scale,
             "overrun_s": sum(s.stretch.overrun_wall_s for s in self.segments.values()) / scale,
             "predicted_forward_s": fwd.device_s,
             "predicted_backward_s": bwd.device_s,
             "predicted_optimizer_s": opt.device_s,
-            "predicted_step_s": microbatches * (fwd.device_s + bwd.device_s) + opt.device_s,
+            "predicted_loss_s": loss.device_s,
+            "predicted_step_s": microbatches * per_mb_s + opt.device_s,
             "host_forward_s": fwd.reference_s(),
             "host_backward_s": bwd.reference_s(),
             "bytes_sent": self.bytes_sent,
@@ -150,9 +152,9 @@ def start_train_emulation(
     device = cluster.device(config.devices[emulation.rank])
     for segment in segments:
         segment.device_s = stage_time_s(device, segment.ops or [])
-    fwd, bwd, opt = (emulation.segments[name] for name in SEGMENTS)
-    mbs = config.microbatches
-    step_s = mbs * (fwd.device_s + bwd.device_s) + opt.device_s  # the rank's device time
+    fwd, loss, bwd, opt = (emulation.segments[name] for name in SEGMENTS)
+    per_mb_s = fwd.device_s + loss.device_s + bwd.device_s
+    step_s = config.microbatches * per_mb_s + opt.device_s  # the rank's device time
     # every segment must be slowed down, never sped up: the largest host over device time
     need = max(s.reference_s() / max(s.device_s, 1e-12) for s in segments if s.ops)
     busy_wall = sum(s.stretch.busy_wall_s for s in segments)

@@ -63,6 +63,7 @@ def _run_rank(config: PeerTrainConfig, rank: int, world_size: int) -> None:
     emulation = _TrainEmulation(rank, config.devices, config.timeout_s)
     segments = emulation.segments
     stage.submod.forward = segments["forward"].wrap(stage.submod.forward)  # type: ignore[method-assign]
+    schedule._compute_loss = segments["loss"].wrap(schedule._compute_loss)  # type: ignore[method-assign]
     stage.backward_one_chunk = segments["backward"].wrap(stage.backward_one_chunk)  # type: ignore[method-assign]
     step_optimizer = segments["optimizer"].wrap(optimizer.step)
     schedules._batch_p2p = emulation.batch_p2p(schedules._batch_p2p)  # type: ignore[attr-defined]
