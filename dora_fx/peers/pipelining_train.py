@@ -135,13 +135,15 @@ def run_pipelining_training(
     emulate: bool = True,
     time_scale: float | None = None,
     timeout_s: float = 60.0,
+    startup_s: float | None = None,
     threads: int = 1,
 ) -> PeerTrainingResult:
     """Train ``model`` one step per batch of ``batches`` (``(inputs, target)``) with the model
     split by torch.distributed.pipelining over ``devices`` (one rank per device, in order) and
     ``schedule``; emulate ``cluster``'s devices and network as ``run_local`` does. The whole
-    run ends within ``timeout_s`` (after the model's split): a run that has not finished by
-    then is stopped and raises ``PeerScheduleHung``."""
+    run ends within ``timeout_s`` plus ``startup_s`` (the ranks' start and split of the model;
+    by default 20 s plus 10 s per rank per core): a run that has not finished by then is
+    stopped and raises ``PeerScheduleHung``."""
     batch = _check(model, batches, devices, loss_fn, cluster, microbatches, schedule, emulate)
     points = list(split_points or even_split_points(model, len(devices)))
     if len(points) != len(devices) - 1:
@@ -175,7 +177,8 @@ def run_pipelining_training(
         payload = {"model": model, "mb_args": mb_args, "batches": list(batches), "loss_fn": loss_fn}
         torch.save(payload, config.inputs_path)
         started = time.monotonic()
-        _spawn_with_deadline(config, table, run_dir)
+        allowance_s = _split_allowance_s(len(table)) if startup_s is None else startup_s
+        _spawn_with_deadline(config, table, timeout_s + allowance_s)
         wall_s = time.monotonic() - started
         raw = torch.load(config.result_path, weights_only=False)
     return _result(raw, config, batch, wall_s, points)
@@ -219,12 +222,12 @@ def _check(
     return int(batch)
 
 
-def _spawn_with_deadline(config: PeerTrainConfig, table: list[PeerRank], run_dir: str) -> None:
-    """``spawn_ranks``, with every rank stopped once the run outlives ``timeout_s`` plus the
-    time to split the model (each rank traces it): a hang never outlasts the run."""
+def _spawn_with_deadline(config: PeerTrainConfig, table: list[PeerRank], deadline_s: float) -> None:
+    """``spawn_ranks``, with every rank stopped once the run outlives ``deadline_s``: a hang
+    never outlasts the run."""
+    run_dir = os.path.dirname(config.result_path)
     procs: list[Any] = []
     fired = threading.Event()
-    deadline_s = config.timeout_s + _split_allowance_s(len(table))
 
     def stop() -> None:
         fired.set()

@@ -4,6 +4,7 @@ as plain single-process training does, so the side-by-side benchmark runs it fai
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -86,6 +87,18 @@ def test_bad_runs_are_refused_before_any_rank_starts():
         run_pipelining_training(model, batches, two, loss_fn, schedule="zb", emulate=False)
     with pytest.raises(ValueError, match="does not split into 3 equal microbatches"):
         run_pipelining_training(model, batches, two, loss_fn, microbatches=3, emulate=False)
+
+
+def test_a_run_past_its_deadline_is_stopped_and_says_so():
+    model, (x,) = models.build("mlp", batch=4)
+    batches = synthetic_batches((x,), torch.zeros(4, dtype=torch.long), steps=1)
+    started = time.monotonic()
+    with pytest.raises(PeerScheduleHung, match=r"Schedule1F1B on gloo did not finish within 2 s"):
+        run_pipelining_training(
+            model, batches, ["phone", "laptop"], torch.nn.functional.cross_entropy,
+            emulate=False, timeout_s=2, startup_s=0,
+        )  # fmt: skip
+    assert time.monotonic() - started < 15
 
 
 def test_benchmark_falls_back_to_gpipe_when_1f1b_hangs(monkeypatch):
