@@ -101,9 +101,9 @@ def _train(
     losses, starts, ends, checkpoints = [], [], [], []
     kill = os.environ.get(KILL_ENV, "")
     for index, step in enumerate(range(config.start_step, config.steps)):
+        Path(config.run_dir, f"step_{rank}").write_text(str(step))
         if kill == f"{rank}:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
-        Path(config.run_dir, f"step_{rank}").write_text(str(step))
         starts.append(time.monotonic())
         optimizer.zero_grad(set_to_none=True)
         if rank == 0:
