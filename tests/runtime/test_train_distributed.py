@@ -87,7 +87,9 @@ DP_PLAN = (
 CASES = {
     "mlp-2-stages-1-mb": ("mlp", {"num_stages": 2, "microbatches": 1}, {}),
     "mlp-3-stages-4-mb-gpipe": ("mlp", {"num_stages": 3, "microbatches": 4}, {"policy": "gpipe"}),
-    "mlp-data-parallel-2-mb": ("mlp", {"plan": DP_PLAN, "microbatches": 2}, {}),
+    # 3 microbatches of 2, 1, 1 rows: both members compute the first, the second member sits
+    # out the others (the batch split gives it no rows)
+    "mlp-data-parallel-3-mb": ("mlp", {"plan": DP_PLAN, "microbatches": 2}, {"microbatches": 3}),
     "gpt2-tied-2-mb": ("gpt2", {"num_stages": 2, "microbatches": 2}, {}),
 }
 

@@ -19,6 +19,7 @@ part of it is complete and verified.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -34,7 +35,7 @@ from typing import Any
 import torch
 import torch.utils._pytree as pytree
 
-from ...artifact.checkpoint import check_step, latest_complete, sha256
+from ...artifact.checkpoint import check_step, latest_complete
 from ...artifact.manifest import PlanFolder, read_plan_folder
 from ...cost_models.device import Device
 from ...errors import DeviceLost, InputError
@@ -115,13 +116,17 @@ def train_local(
     timeout_s: float = 60.0,
     threads: int = 1,
     port: int = 0,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train the saved plan ``steps`` steps in all, one process per device on 127.0.0.1 (see
     the module doc). ``data``: each step's ``(x, y)``, ``x`` a tensor or a tuple of positional
     inputs; ``optimizer(params)``: the optimizer each rank builds over its stage's parameters.
     ``resume_from``: a checkpoint directory (its newest complete step) or a step folder; the
     run then does the steps after it. ``emulate``: stretch compute and shape transfers to the
-    plan's devices and network (needs ``host``, the calibrated host)."""
+    plan's devices and network (needs ``host``, the calibrated host). ``device``: ``"cpu"``,
+    or ``"cuda"``: rank ``r`` computes on GPU ``r`` modulo the GPUs there are and its
+    gradient groups are NCCL (written, never run yet: no GPU here; tensors between stages
+    still cross gloo through the CPU)."""
     folder = read_plan_folder(plan_dir)
     _check_plan(folder, policy)
     table = rank_table(folder.plan)
@@ -139,7 +144,7 @@ def train_local(
             start_step=start, resume_dir=resume_dir, plan_sha256=identity,
             checkpoint_dir=None if checkpoint_dir is None else str(Path(checkpoint_dir).resolve()),
             checkpoint_every=checkpoint_every, timeout_s=timeout_s, threads=threads,
-            emulate=emulate, host=host_device(host).to_json() if emulate else None,
+            device=device, emulate=emulate, host=host_device(host).to_json() if emulate else None,
             time_scale=time_scale, compute_reference=compute_reference,
             ledger_path=os.path.join(run_dir, "ledger"), sys_path=list(sys.path),
         )  # fmt: skip
@@ -162,12 +167,7 @@ def plan_identity(folder: PlanFolder) -> str:
     """What a checkpoint must match to resume on this plan: the plan and its stage code (not
     the weights, which the checkpoint replaces)."""
     parts = sorted((n, h) for n, h in folder.files.items() if not n.endswith(".safetensors"))
-    path = folder.path / f".identity{os.getpid()}"
-    path.write_text(json.dumps(parts))
-    try:
-        return sha256(path)
-    finally:
-        path.unlink()
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
 def optimizer_recipe(factory: Callable[[list[torch.nn.Parameter]], Any]) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def run_train_rank(config: TrainConfig, rank: int, world_size: int) -> None:
     wiring = TrainWiring.from_folder(folder)
     assert isinstance(wiring, TrainWiring)
     me = wiring.table[rank]
-    device = torch.device(config.device)
+    device = _device(config.device, rank)
     module = load_stage_module(folder, me.stage).module.to(device).train(True)
     keys = stage_keys(folder)
     params = _tie(module, keys[me.stage])
@@ -123,6 +123,14 @@ def _train(
         "starts": starts, "ends": ends, "checkpoints": checkpoints,
         "compute_cpu_s": runner.compute_cpu_s,
     }  # fmt: skip
+
+
+def _device(name: str, rank: int) -> torch.device:
+    """``cuda``: GPU ``rank`` modulo the GPUs there are (NCCL needs one GPU per rank of a
+    group); anything else as given."""
+    if name == "cuda":
+        return torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
+    return torch.device(name)
 
 
 def _feed(
