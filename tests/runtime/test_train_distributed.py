@@ -84,13 +84,13 @@ DP_PLAN = (
     "plan p\nstage 0 blocks=0:4 devices=phone,laptop shares=0.5,0.5\n"
     "stage 1 blocks=4:9 devices=jetson"
 )
+# 2 microbatches: the kill-and-resume run (3 stages) and the emulated run (2 stages)
 CASES = {
-    "mlp-2-stages-1-mb": ("mlp", {"num_stages": 2, "microbatches": 1}, {}),
     "mlp-3-stages-4-mb-gpipe": ("mlp", {"num_stages": 3, "microbatches": 4}, {"policy": "gpipe"}),
     # 3 microbatches of 2, 1, 1 rows: both members compute the first, the second member sits
     # out the others (the batch split gives it no rows)
     "mlp-data-parallel-3-mb": ("mlp", {"plan": DP_PLAN, "microbatches": 2}, {"microbatches": 3}),
-    "gpt2-tied-2-mb": ("gpt2", {"num_stages": 2, "microbatches": 2}, {}),
+    "gpt2-tied-1-mb": ("gpt2", {"num_stages": 2, "microbatches": 1}, {}),
 }
 
 
