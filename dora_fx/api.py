@@ -30,6 +30,7 @@ from .sim.scheduled import simulate_schedule
 
 if TYPE_CHECKING:
     from .runtime.distributed.launch import DistributedResult
+    from .runtime.distributed.train_launch import TrainResult
 
 __all__ = ["compile", "CompiledModel", "load", "LoadedModel"]
 
@@ -254,6 +255,38 @@ class CompiledModel(LocalPipeline):
         with tempfile.TemporaryDirectory(prefix="dora_plan_") as folder:
             return run_local(self.save(folder), requests, **options)
 
+    def train_distributed(
+        self,
+        data: Any,
+        *,
+        steps: int = 20,
+        optimizer: Any = None,
+        loss_fn: LossFn | None = None,
+        path: str | Path | None = None,
+        **options: Any,
+    ) -> TrainResult:
+        """Train for real, one process per device on this machine (torch.distributed, gloo):
+        each rank runs its stage's 1F1B (or ``policy="gpipe"``) schedule of the plan's
+        microbatches, data-parallel replicas and tied weights have their gradients summed by
+        all-reduce, and each rank steps its own ``optimizer(params)`` (default SGD, lr 0.01).
+        ``data``: each step's ``(x, y)`` (a sequence, cycled; an iterable; or ``data(step)``).
+        ``loss_fn``: default the compile's. ``options`` go to
+        ``dora_fx.runtime.distributed.train_launch.train_local`` (``checkpoint_dir``,
+        ``checkpoint_every``, ``resume_from``, ``microbatches``, ``emulate``, ``host``, ...).
+        The compiled model's own weights are left as they are: the result's ``state_dict``
+        holds the trained ones under every model key (``load_state_dict`` takes it)."""
+        from .runtime.distributed.train_launch import train_local
+
+        loss = loss_fn or self.loss_fn
+        if loss is None:
+            raise InputError("train_distributed needs the loss: loss_fn=, or compile(..., loss_fn=)")
+        factory = optimizer or _default_optimizer
+        with tempfile.TemporaryDirectory(prefix="dora_plan_") as folder:
+            plan_dir = self.save(path or folder)
+            result = train_local(plan_dir, data, steps=steps, loss_fn=loss, optimizer=factory, **options)
+        result.state_dict = self.weights.expand(result.state_dict)
+        return result
+
     def save(self, path: str | Path) -> Path:
         """Write the plan folder (``stage_K.py``, weights, ``plan.txt``, ``plan.json``) that
         ``dora_fx.load`` and the distributed runtime read."""
@@ -264,8 +297,16 @@ class CompiledModel(LocalPipeline):
             call=self.call,
             schedule=self.schedule,
             training=self.training,
-            extra={"cluster": self.cluster.to_json(), "qoe": self.qoe.to_json()},
+            extra={
+                "cluster": self.cluster.to_json(),
+                "qoe": self.qoe.to_json(),
+                "weight_keys": [self.weights.stage_keys(s.module) for s in self.stages],
+            },
         )
+
+
+def _default_optimizer(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.01)
 
 
 # re-exported so ``dora_fx.load`` sits beside ``dora_fx.compile``

@@ -43,6 +43,20 @@ class StageWeights:
         for stage in stages:
             _tie(stage.module, attr_sources, canonical, self._tensors)
         self._canonical = canonical
+        self._sources = dict(attr_sources)
+
+    def stage_keys(self, module: torch.nn.Module) -> dict[str, str]:
+        """A stage module's weight attributes -> the model keys they are (tied: the first key),
+        saved in plan.json for the distributed trainer (``weight_keys``)."""
+        own: dict[str, torch.Tensor] = dict(module.named_parameters(recurse=False, remove_duplicate=False))
+        own |= dict(module.named_buffers(recurse=False, remove_duplicate=False))
+        sources = {attr: self._sources.get(attr) for attr in own}
+        return {a: self._canonical[s] for a, s in sources.items() if s in self._canonical}
+
+    def expand(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state`` under canonical keys (a tied weight once) -> every model key, in the
+        model's order (what ``state_dict`` gives)."""
+        return {k: state[self._canonical[k]] for k in self.keys if self._canonical[k] in state}
 
     def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
         for key in self.keys:

@@ -18,7 +18,12 @@ Its modules, bottom to top (each imports only those before it):
 * ``supervisor``: starts, watches and stops the rank processes;
 * ``launch``: prepares a run and reads its result (``run_local``; the torchrun entry point
   ``python -m dora_fx.runtime.distributed.launch``);
-* ``inbox``, ``session``: a plan's ranks kept up, serving requests as they come.
+* ``inbox``, ``session``: a plan's ranks kept up, serving requests as they come;
+* training: ``train_config``, ``train_transport`` (gradients back, targets to the last stage),
+  ``train_reduce`` (gradient sums over the ranks holding each parameter), ``train_runner``
+  (one step's F/B/RECV/SEND/GRECV/GSEND/REDUCE actions), ``train_emulation``, ``train_rank``
+  (a training rank from start to end, checkpoints), ``train_launch`` (``train_local``,
+  ``TrainResult``, ``TrainingRankLost``).
 
 This package's ``__init__`` imports nothing, so ``python -m dora_fx.runtime.distributed.launch``
 runs the launcher as ``__main__`` without it being imported first.
