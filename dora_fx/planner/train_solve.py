@@ -46,7 +46,7 @@ from .train_tables import TrainTables, train_base, train_tables
 
 __all__ = ["solve_training", "TrainChoice", "microbatch_counts"]
 
-LEVELS = 12  # threshold levels of the iteration-time sweep
+LEVELS = 4  # finite threshold levels of the iteration-time sweep (then one unbounded)
 SIMULATED = 6  # candidates simulated for the final choice
 
 
@@ -121,22 +121,30 @@ def _time_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
     if not math.isfinite(tau0):
         return [], math.inf
     candidates: list[Stages] = []
-    top = float(np.max(d.compute_s[np.isfinite(d.compute_s)]))
-    ratio = max(top / tau0, 1.0 + 1e-6) ** (1.0 / max(LEVELS - 1, 1))
-    levels = [tau0 * ratio**i for i in range(LEVELS)] + [math.inf]
-    bound, below = math.inf, tau0
-    for t in levels:
+
+    def sweep(t: float) -> float:
         slack = t * (1 + 1e-9)
         option = np.where(d.compute_s <= slack, d.compute_s + ar, np.inf)
         move = np.where(port <= slack, d.move_s, np.inf)
         first = np.where(d.scatter_port_s <= slack, d.scatter_s, np.inf)
         result = _dp(d, option, move, first)
-        best = float(result.value.min())
+        for u in np.nonzero(np.isfinite(result.value))[0]:
+            candidates.append(result.paths(int(u)))
+        return float(result.value.min())
+
+    # unbounded first: its plans' bottleneck tops the levels worth sweeping
+    free = sweep(math.inf)
+    best_free = min(candidates, key=lambda c: _path_estimate(d, tt, c), default=None)
+    top = tau0 if best_free is None else _path_tau(d, best_free)
+    ratio = max(top / tau0, 1.0 + 1e-9) ** (1.0 / max(LEVELS - 1, 1))
+    levels = [tau0 * ratio**i for i in range(LEVELS)] if top > tau0 * (1 + 1e-6) else [tau0]
+    bound, below = math.inf, tau0
+    for t in levels:
+        best = sweep(t)
         if math.isfinite(best):
             bound = min(bound, best + (m - 1) * below)
-            for u in np.nonzero(np.isfinite(result.value))[0]:
-                candidates.append(result.paths(int(u)))
         below = t
+    bound = min(bound, free + (m - 1) * below)
     return candidates, bound
 
 
@@ -165,6 +173,15 @@ def _energy_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
 def _mix(base: np.ndarray, weight: float, times: np.ndarray) -> np.ndarray:
     """``base + weight * times``, keeping ``inf`` (a forbidden option) when the weight is 0."""
     return np.where(np.isfinite(times), base + weight * np.where(np.isfinite(times), times, 0.0), np.inf)
+
+
+def _path_tau(d: Dense, stages: Stages) -> float:
+    terms = [d.scatter_port_s[stages[0][2]]]
+    for k, (a, b, g) in enumerate(stages):
+        terms.append(d.compute_s[g, a, b])
+        if k + 1 < len(stages):
+            terms.append(d.move_port_s[g, stages[k + 1][2], b])
+    return float(max(terms))
 
 
 def _path_estimate(d: Dense, tt: TrainTables, stages: Stages) -> float:
@@ -203,7 +220,9 @@ def solve_training(problem: Problem, *, max_plans: int = 8, max_group_size: int 
     for m in microbatch_counts(problem):
         tt = train_tables(problem, space, base, m)
         found: list[Stages] = []
-        for memory_all in (False, True):
+        finite = np.isfinite(tt.d.compute_s)
+        binds = bool((finite & ~tt.fits_all).any())  # some option fits one microbatch, not m
+        for memory_all in (False, True) if binds else (False,):
             d = _masked(tt, cap, memory_all)
             if objective == "energy":
                 cands, b = _energy_search(d, tt)
