@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..analysis.evaluate import Metrics
 from ..analysis.problem import Problem
 from ..analysis.training import TrainMetrics, evaluate_training, training_spec
 from ..errors import InfeasibleQoEError, PlanError
@@ -234,9 +235,9 @@ def solve_training(problem: Problem, *, max_plans: int = 8, max_group_size: int 
         for stages in {tuple(c): c for c in found}.values():
             plan = _plan(problem, space, stages)
             for policy in policies:
-                metrics = evaluate_training(plan, problem, microbatches=m, schedule=policy)
-                if _meets(metrics, problem, cap):
-                    scored.setdefault(tuple(stages), []).append(TrainChoice(plan, metrics))
+                figures = evaluate_training(plan, problem, microbatches=m, schedule=policy)
+                if _meets(figures, problem, cap):
+                    scored.setdefault(tuple(stages), []).append(TrainChoice(plan, figures))
     if not scored:
         raise _infeasible(problem, space, cap)
     choices = [min(v, key=lambda c: _value(c.metrics, objective)) for v in scored.values()]
@@ -244,7 +245,8 @@ def solve_training(problem: Problem, *, max_plans: int = 8, max_group_size: int 
     choices = choices[:max_plans]
     best = _simulated_best(problem, [c for v in scored.values() for c in v], objective)
     ordered = [best] + [c for c in choices if c.plan is not best.plan]
-    plans, metrics = [], []
+    plans: list[Plan] = []
+    metrics: list[Metrics] = []
     for i, choice in enumerate(ordered[:max_plans]):
         value = _value(choice.metrics, objective)
         gap = 0.0 if bound <= 0 or not math.isfinite(bound) else max(value / bound - 1.0, 0.0)

@@ -136,9 +136,9 @@ def train_tables(problem: Problem, space: PlanSpace, base: TrainBase, microbatch
         fits_all[gi] = fit_all
         allreduce[gi] = base.ring[gi, 0] * (base.grads > 0) + base.ring[gi, 1] * base.grads
     options = replace(base.tables.options, compute_full=compute_full, energy_full=energy_full)
-    scaled = {"cut_bytes": base.tables.cut_bytes / m, "input_bytes": base.tables.input_bytes / m}
-    fwd = dense(replace(base.tables, options=options, **scaled))
-    bwd = dense(replace(base.back, options=options, **scaled))
+    cut, x_in = base.tables.cut_bytes / m, base.tables.input_bytes / m
+    fwd = dense(replace(base.tables, options=options, cut_bytes=cut, input_bytes=x_in))
+    bwd = dense(replace(base.back, options=options, cut_bytes=cut, input_bytes=x_in))
     d = replace(
         fwd,
         move_s=fwd.move_s + bwd.move_s,
