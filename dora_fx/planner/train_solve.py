@@ -47,8 +47,12 @@ from .train_tables import TrainTables, train_base, train_tables
 
 __all__ = ["solve_training", "TrainChoice", "microbatch_counts"]
 
-LEVELS = 4  # finite threshold levels of the iteration-time sweep (then one unbounded)
-SIMULATED = 6  # candidates simulated for the final choice
+# threshold levels of the iteration-time sweep, as multiples of tau_0: close to it (where
+# many microbatches want the plan), then FAR geometric steps up to the unbounded plan's
+NEAR = (1.0, 1.03, 1.1, 1.3)
+FAR = 2
+SIMULATED = 4  # candidates simulated for the final choice
+SHORTLIST = 5  # candidates per count and memory pass scored with evaluate_training
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,10 @@ def _dp(d: Dense, option: np.ndarray, move: np.ndarray, first: np.ndarray, combi
     return run_dp(d, option, move, first, combine, np.zeros(d.scatter_s.size))
 
 
-def _time_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
-    """Candidates and the iteration-time bound at one microbatch count (module docstring)."""
+def _time_search(d: Dense, tt: TrainTables, incumbent: float = math.inf) -> tuple[list[Stages], float]:
+    """Candidates and the iteration-time bound at one microbatch count (module docstring).
+    When even the relaxed bound ``S(inf) + (m - 1) tau_0`` cannot beat ``incumbent`` (the
+    best iteration found at another count) the sweep stops there: that bound still holds."""
     m = tt.microbatches
     ar = tt.allreduce_s
     port = np.maximum(d.move_port_s, d.move_first_up_s)
@@ -133,20 +139,26 @@ def _time_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
             candidates.append(result.paths(int(u)))
         return float(result.value.min())
 
-    # unbounded first: its plans' bottleneck tops the levels worth sweeping
+    # unbounded first: its best plan's bottleneck tops the levels worth sweeping
     free = sweep(math.inf)
+    relaxed = free + (m - 1) * tau0
+    if relaxed >= incumbent:
+        return candidates, relaxed
     best_free = min(candidates, key=lambda c: _path_estimate(d, tt, c), default=None)
     top = tau0 if best_free is None else _path_tau(d, best_free)
-    ratio = max(top / tau0, 1.0 + 1e-9) ** (1.0 / max(LEVELS - 1, 1))
-    levels = [tau0 * ratio**i for i in range(LEVELS)] if top > tau0 * (1 + 1e-6) else [tau0]
+    levels = [tau0 * f for f in NEAR if tau0 * f < top]
+    if top > tau0 * NEAR[-1]:
+        ratio = (top / (tau0 * NEAR[-1])) ** (1.0 / (FAR + 1))
+        levels += [tau0 * NEAR[-1] * ratio**i for i in range(1, FAR + 1)]
     bound, below = math.inf, tau0
     for t in levels:
+        if free + (m - 1) * below >= incumbent:
+            break  # every plan left (bottleneck above ``below``) is worse than the incumbent
         best = sweep(t)
         if math.isfinite(best):
             bound = min(bound, best + (m - 1) * below)
         below = t
-    bound = min(bound, free + (m - 1) * below)
-    return candidates, bound
+    return candidates, min(bound, free + (m - 1) * below)
 
 
 def _energy_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
@@ -218,7 +230,8 @@ def solve_training(problem: Problem, *, max_plans: int = 8, max_group_size: int 
     policies = [spec.schedule] if spec.schedule else list(TRAIN_POLICIES)
     bound = math.inf
     scored: dict[tuple[tuple[int, int, int], ...], list[TrainChoice]] = {}
-    for m in microbatch_counts(problem):
+    incumbent = math.inf
+    for m in sorted(microbatch_counts(problem), reverse=True):
         tt = train_tables(problem, space, base, m)
         found: list[Stages] = []
         finite = np.isfinite(tt.d.compute_s)
@@ -228,16 +241,17 @@ def solve_training(problem: Problem, *, max_plans: int = 8, max_group_size: int 
             if objective == "energy":
                 cands, b = _energy_search(d, tt)
             else:
-                cands, b = _time_search(d, tt)
+                cands, b = _time_search(d, tt, incumbent)
             if not memory_all:
                 bound = min(bound, b)
-            found += _shortlist(d, tt, cands, 8)
+            found += _shortlist(d, tt, cands, SHORTLIST)
         for stages in {tuple(c): c for c in found}.values():
             plan = _plan(problem, space, stages)
             for policy in policies:
                 figures = evaluate_training(plan, problem, microbatches=m, schedule=policy)
                 if _meets(figures, problem, cap):
                     scored.setdefault(tuple(stages), []).append(TrainChoice(plan, figures))
+                    incumbent = min(incumbent, _value(figures, objective))
     if not scored:
         raise _infeasible(problem, space, cap)
     choices = [min(v, key=lambda c: _value(c.metrics, objective)) for v in scored.values()]

@@ -73,6 +73,7 @@ class _Sim:
         self.free: dict[str, float] = {}
         self.arrival: dict[tuple[str, int, int, int], float] = {}  # (kind, src, dst, mb)
         self.timeline: list[tuple[int, str, float, float]] = []
+        self._terms: dict[int, tuple[float, float, set[str]]] = {}
 
     def occupy(self, resources: set[str], ready: float, duration: float, hold: float) -> float:
         start = max([ready, *(self.free.get(r, 0.0) for r in resources)])
@@ -82,11 +83,15 @@ class _Sim:
 
     def transfer(self, flows: tuple[Transfer, ...], ready: float) -> tuple[float, float]:
         """(start, arrival) of a step's flows started together."""
-        duration = step_transfer_s(self.network, flows)
+        terms = self._terms.get(id(flows))
+        if terms is None:
+            duration = step_transfer_s(self.network, flows)
+            hold = max(duration - _min_latency(self.network, flows), 0.0)
+            terms = self._terms[id(flows)] = (duration, hold, _resources(self.network, flows))
+        duration, hold, resources = terms
         if duration <= 0:
             return ready, ready
-        hold = max(duration - _min_latency(self.network, flows), 0.0)
-        start = self.occupy(_resources(self.network, flows), ready, duration, hold)
+        start = self.occupy(resources, ready, duration, hold)
         return start, start + duration
 
 
@@ -110,6 +115,8 @@ def simulate_training(
     busy = [0.0] * n
     live = [0] * n
     peak = [0] * n
+    grads = [work.gradients(k) for k in range(n)]  # one tuple per stage: cached transfer terms
+    devices = [{f"device:{d}" for d in s.devices} for s in work.stages]
     fwd = [max(s.forward_s) for s in work.stages]
     bwd = [max(s.backward_s) for s in work.stages]
 
@@ -135,7 +142,7 @@ def simulate_training(
         stage = work.stages[k]
         if a.kind in (TKind.FORWARD, TKind.BACKWARD):
             duration = fwd[k] if a.kind is TKind.FORWARD else bwd[k]
-            start = sim.occupy({f"device:{d}" for d in stage.devices}, t, duration, duration)
+            start = sim.occupy(devices[k], t, duration, duration)
             clock[k] = start + duration
             busy[k] += duration
             live[k] += 1 if a.kind is TKind.FORWARD else -1
@@ -146,7 +153,7 @@ def simulate_training(
             sim.arrival[("act", k, a.peer, a.mb)] = arrive
             sim.timeline.append((k, str(a), start, arrive))
         elif a.kind is TKind.GSEND:
-            start, arrive = sim.transfer(work.gradients(k), t)
+            start, arrive = sim.transfer(grads[k], t)
             sim.arrival[("grad", k, a.peer, a.mb)] = arrive
             sim.timeline.append((k, str(a), start, arrive))
         elif a.kind is TKind.REDUCE:
