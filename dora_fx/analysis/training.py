@@ -51,9 +51,24 @@ __all__ = [
     "TrainMetrics",
     "evaluate_training",
     "in_flight_count",
+    "splits_evenly",
     "train_work",
     "without_sink",
 ]
+
+
+def splits_evenly(plan: Plan, batch: int, microbatches: int) -> bool:
+    """Whether ``microbatches`` keep every data-parallel group's planned rows: each device's
+    rows of the batch divide into equal parts (the compiler's schedule_comm rule)."""
+    m = microbatches
+    if batch % m:
+        return False
+    for stage in plan.stages:
+        if len(stage.devices) > 1 and m > 1:
+            rows = [share * batch for share in stage.shares]
+            if any(abs(r - round(r)) > 1e-6 or round(r) % m for r in rows):
+                return False
+    return True
 
 
 def in_flight_count(policy: str, stages: int, stage: int, microbatches: int) -> int:

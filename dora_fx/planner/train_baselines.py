@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..analysis.problem import Problem
-from ..analysis.training import evaluate_training
+from ..analysis.training import evaluate_training, splits_evenly
 from ..ir.plan import Plan
 from ..sim.training import simulate_training
 from .baselines import equal_layer
@@ -39,6 +39,8 @@ __all__ = ["TrainBaselineRow", "TRAINING_BASELINES", "compare_training"]
 def _best_count(plan: Plan, problem: Problem, policy: str) -> tuple[int, float] | None:
     best: tuple[int, float] | None = None
     for m in microbatch_counts(problem):
+        if not splits_evenly(plan, problem.batch, m):
+            continue
         e = evaluate_training(plan, problem, microbatches=m, schedule=policy)
         if e.memory_ok and (best is None or e.iteration_s < best[1]):
             best = (m, e.iteration_s)

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..analysis.evaluate import Metrics
 from ..analysis.problem import Problem
-from ..analysis.training import TrainMetrics, evaluate_training, training_spec
+from ..analysis.training import TrainMetrics, evaluate_training, splits_evenly, training_spec
 from ..errors import InfeasibleQoEError, PlanError
 from ..ir.plan import Plan
 from ..ir.train_schedule import TRAIN_POLICIES
@@ -247,6 +247,8 @@ def solve_training(problem: Problem, *, max_plans: int = 8, max_group_size: int 
             found += _shortlist(d, tt, cands, SHORTLIST)
         for stages in {tuple(c): c for c in found}.values():
             plan = _plan(problem, space, stages)
+            if not splits_evenly(plan, problem.batch, m):
+                continue  # a group's rows would not cut into m equal microbatches
             for policy in policies:
                 figures = evaluate_training(plan, problem, microbatches=m, schedule=policy)
                 if _meets(figures, problem, cap):
