@@ -7,11 +7,13 @@ training tables (``train_tables``) feed the same dynamic program as inference (`
 
 * iteration time ``J = L + (m - 1) tau + A`` (``analysis.training``): ``L`` the sum of the
   per-microbatch steps, ``tau`` the busiest resource, ``A`` the all-reduces. A min-max DP
-  gives ``tau_0`` (no plan's bottleneck is lower); then for thresholds
-  ``tau_0 = t_0 < t_1 < ... < t_K = inf`` (geometric) the min-sum DP of ``L + A`` over the
-  options and cuts whose terms are at most ``t_i`` gives ``S(t_i)`` and candidates. A plan whose
-  bottleneck lies in ``(t_{i-1}, t_i]`` has ``J >= S(t_i) + (m - 1) t_{i-1}``, so the minimum
-  of these over ``i`` (and over ``m``) is a certified lower bound.
+  gives ``tau_0`` (no plan's bottleneck is lower). ``S(t)``, the min-sum DP of ``L + A`` over
+  the options and cuts whose bottleneck terms are at most ``t``, is a step function; from
+  ``t = inf`` down, the best path at ``t`` has bottleneck ``tau* <= t``, so every plan with
+  bottleneck in ``[tau*, t]`` has ``J >= S(t) + (m - 1) tau*``, and the next level is just
+  below ``tau*``. The sweep stops when ``S(t) + (m - 1) tau_0`` (a bound on every plan left)
+  reaches the best found; the minimum over levels (and over ``m``) is a certified lower bound
+  (exact with respect to the tables' terms when the sweep runs to ``tau_0``).
 * energy ``E = m Eb + m radio + P_idle(u) T`` with ``T >= L + A``: the DP of
   ``m (Eb + radio) + alpha (L + A)`` bounds every plan whose devices idle at ``>= alpha``
   (``search.DpSearch.energy``'s argument); its paths and those of the time DPs are candidates.
@@ -47,10 +49,7 @@ from .train_tables import TrainTables, train_base, train_tables
 
 __all__ = ["solve_training", "TrainChoice", "microbatch_counts"]
 
-# threshold levels of the iteration-time sweep, as multiples of tau_0: close to it (where
-# many microbatches want the plan), then FAR geometric steps up to the unbounded plan's
-NEAR = (1.0, 1.03, 1.1, 1.3)
-FAR = 2
+MAX_BREAKPOINTS = 16  # levels of the iteration-time sweep per microbatch count
 SIMULATED = 4  # candidates simulated for the final choice
 SHORTLIST = 5  # candidates per count and memory pass scored with evaluate_training
 
@@ -118,8 +117,8 @@ def _dp(d: Dense, option: np.ndarray, move: np.ndarray, first: np.ndarray, combi
 
 def _time_search(d: Dense, tt: TrainTables, incumbent: float = math.inf) -> tuple[list[Stages], float]:
     """Candidates and the iteration-time bound at one microbatch count (module docstring).
-    When even the relaxed bound ``S(inf) + (m - 1) tau_0`` cannot beat ``incumbent`` (the
-    best iteration found at another count) the sweep stops there: that bound still holds."""
+    The sweep stops once ``S(t) + (m - 1) tau_0``, a bound on every plan left, cannot beat the
+    best found (``incumbent``: the best iteration at another count, or a path's estimate)."""
     m = tt.microbatches
     ar = tt.allreduce_s
     port = np.maximum(d.move_port_s, d.move_first_up_s)
@@ -139,26 +138,32 @@ def _time_search(d: Dense, tt: TrainTables, incumbent: float = math.inf) -> tupl
             candidates.append(result.paths(int(u)))
         return float(result.value.min())
 
-    # unbounded first: its best plan's bottleneck tops the levels worth sweeping
-    free = sweep(math.inf)
-    relaxed = free + (m - 1) * tau0
-    if relaxed >= incumbent:
-        return candidates, relaxed
-    best_free = min(candidates, key=lambda c: _path_estimate(d, tt, c), default=None)
-    top = tau0 if best_free is None else _path_tau(d, best_free)
-    levels = [tau0 * f for f in NEAR if tau0 * f < top]
-    if top > tau0 * NEAR[-1]:
-        ratio = (top / (tau0 * NEAR[-1])) ** (1.0 / (FAR + 1))
-        levels += [tau0 * NEAR[-1] * ratio**i for i in range(1, FAR + 1)]
-    bound, below = math.inf, tau0
-    for t in levels:
-        if free + (m - 1) * below >= incumbent:
-            break  # every plan left (bottleneck above ``below``) is worse than the incumbent
-        best = sweep(t)
-        if math.isfinite(best):
-            bound = min(bound, best + (m - 1) * below)
-        below = t
-    return candidates, min(bound, free + (m - 1) * below)
+    # Breakpoints of S(t), from t = inf down: the best path at level t has bottleneck
+    # tau* <= t, so S is flat on [tau*, t] and every plan there has J >= S + (m - 1) tau*;
+    # the next level is just below tau*. Plans below the last level have L >= its S.
+    bound = math.inf
+    best_estimate = incumbent
+    t = math.inf
+    for _ in range(MAX_BREAKPOINTS):
+        before = len(candidates)
+        level_s = sweep(t)
+        if not math.isfinite(level_s):
+            return candidates, bound  # nothing left below: every plan was covered
+        path = min(candidates[before:], key=lambda c: _path_estimate(d, tt, c))
+        tau_star = _path_tau(d, path)
+        # [tau*, t] is flat; a plan just below tau* (above the next level) is still >= S
+        bound = min(bound, level_s + (m - 1) * tau_star * (1 - 1e-6))
+        best_estimate = min(best_estimate, _path_estimate(d, tt, path))
+        rest = level_s + (m - 1) * tau0  # every plan with a lower bottleneck
+        if rest >= best_estimate or tau_star <= tau0 * (1 + 1e-9):
+            return candidates, min(bound, rest)
+        t = tau_star * (1 - 1e-6)
+        # plans with a bottleneck above ``jump`` have J >= S + (m - 1) jump = the best found
+        jump = (best_estimate - level_s) / (m - 1) if m > 1 else math.inf
+        if jump < t:
+            bound = min(bound, best_estimate)
+            t = jump
+    return candidates, min(bound, level_s + (m - 1) * tau0)
 
 
 def _energy_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
@@ -189,11 +194,13 @@ def _mix(base: np.ndarray, weight: float, times: np.ndarray) -> np.ndarray:
 
 
 def _path_tau(d: Dense, stages: Stages) -> float:
+    """The bottleneck terms the sweep restricts (compute, ports), on one path."""
     terms = [d.scatter_port_s[stages[0][2]]]
     for k, (a, b, g) in enumerate(stages):
         terms.append(d.compute_s[g, a, b])
         if k + 1 < len(stages):
-            terms.append(d.move_port_s[g, stages[k + 1][2], b])
+            g2 = stages[k + 1][2]
+            terms.append(max(d.move_port_s[g, g2, b], d.move_first_up_s[g, g2, b]))
     return float(max(terms))
 
 
