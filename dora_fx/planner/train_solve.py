@@ -49,6 +49,7 @@ from .train_tables import TrainTables, train_base, train_tables
 
 __all__ = ["solve_training", "TrainChoice", "microbatch_counts"]
 
+ENERGY_LEVELS = 5  # idle-power levels of the energy bound
 MAX_BREAKPOINTS = 16  # levels of the iteration-time sweep per microbatch count
 SIMULATED = 4  # candidates simulated for the final choice
 SHORTLIST = 5  # candidates per count and memory pass scored with evaluate_training
@@ -167,10 +168,18 @@ def _time_search(d: Dense, tt: TrainTables, incumbent: float = math.inf) -> tupl
 
 
 def _energy_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
+    """Candidates and the energy bound: for each idle level ``alpha`` the DP of
+    ``m (Eb + radio) + alpha L`` per final usage; with ``T >= L + (m - 1) tau_0`` a usage that
+    idles at ``>= alpha`` spends at least that plus ``alpha (m - 1) tau_0``."""
     m, ar = tt.microbatches, tt.allreduce_s
+    port = np.maximum(d.move_port_s, d.move_first_up_s)
+    tau_dp = _dp(d, d.compute_s, np.where(np.isfinite(d.move_s), port, np.inf), d.scatter_port_s, "max")
+    tau0 = float(tau_dp.value.min())
+    if not math.isfinite(tau0):
+        return [], math.inf
     alphas = np.unique(d.usage_idle_w[d.usage_idle_w > 0])
-    if alphas.size > 4:
-        alphas = np.unique(np.quantile(alphas, np.linspace(0, 1, 4), method="lower"))
+    if alphas.size > ENERGY_LEVELS:
+        alphas = np.unique(np.quantile(alphas, np.linspace(0, 1, ENERGY_LEVELS), method="lower"))
     bound_u = np.full(d.usage_count, -np.inf)
     zero = d.usage_idle_w <= 0
     candidates: list[Stages] = []
@@ -182,7 +191,8 @@ def _energy_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
             _mix(m * d.scatter_radio_j, alpha, d.scatter_s),
         )
         holds = (d.usage_idle_w >= alpha) | zero
-        bound_u = np.where(holds, np.maximum(bound_u, result.value), bound_u)
+        level = result.value + alpha * (m - 1) * tau0
+        bound_u = np.where(holds, np.maximum(bound_u, level), bound_u)
         for u in np.nonzero(np.isfinite(result.value))[0]:
             candidates.append(result.paths(int(u)))
     return candidates, float(bound_u.min())
