@@ -92,6 +92,8 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
             lines += ["", *_scheduled_lines(state, config)]
         else:
             lines += ["", *predicted_lines(plan, state.problem, config)]
+    if state.training is not None and state.problem is not None and batch == state.problem.batch:
+        lines += ["", *training_lines(state)]
     if state.plan_set is not None:
         lines += ["", state.plan_set.describe()]
         if state.qoe.request_rate_rps is not None and state.problem is not None:
@@ -99,6 +101,46 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
             lines.append(adapter_for(state.plan_set.plans, state.problem).explain())
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def training_lines(state: CompileState) -> list[str]:
+    """The training iteration the plan is predicted to run: the schedule policy and microbatch
+    count, iteration time (closed form and simulated), energy per iteration, each stage's
+    forward / backward / all-reduce, and each device's memory by part."""
+    from .analysis.training import training_spec
+    from .sim.training import simulate_training
+
+    assert state.training is not None and state.plan is not None and state.problem is not None
+    t, problem = state.training, state.problem
+    sim = simulate_training(state.plan, problem, microbatches=t.microbatches, schedule=t.schedule)
+    lines = [
+        f"training iteration ({t.schedule}, {t.microbatches} microbatches, "
+        f"{training_spec(problem).optimizer}, batch {t.batch}): {1e3 * t.iteration_s:.1f} ms "
+        f"(simulated {1e3 * sim.iteration_s:.1f} ms), {t.batch / sim.iteration_s:.1f} samples/s, "
+        f"{t.energy_j:.3g} J per iteration; bottleneck {t.bottleneck}"
+    ]
+    rows = [
+        [str(k), ",".join(stage.devices), f"{1e3 * f:.2f}", f"{1e3 * b:.2f}", f"{1e3 * a:.2f}"]
+        for k, (stage, f, b, a) in enumerate(
+            zip(state.plan.stages, t.stage_forward_s, t.stage_backward_s, t.allreduce_s)
+        )
+    ]
+    lines.append(format_table(["stage", "devices", "fwd ms/mb", "bwd ms/mb", "all-reduce ms"], rows))
+    rows = []
+    for device, parts in t.memory.items():
+        limit = problem.cluster.device(device).memory_bytes
+        rows.append([
+            device, _mib(parts.weights), _mib(parts.grads), _mib(parts.optimizer),
+            f"{_mib(parts.activations)} ({parts.in_flight} in flight)",
+            f"{_mib(parts.total)} of {_mib(limit)}",
+        ])  # fmt: skip
+    header = ["device", "weights MiB", "grads MiB", "optimizer MiB", "activations MiB", "total MiB"]
+    lines += ["planned training memory per device:", format_table(header, rows)]
+    return lines
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.1f}"
 
 
 def _ends_line(state: CompileState, plan: Plan, output_bytes: float) -> str:

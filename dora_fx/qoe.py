@@ -24,6 +24,11 @@ class QoE:
     ``request_rate_rps`` the offered load (None: closed loop, one request at a time).
     ``source``: the device requests come from, ``sink``: the device results must reach (None:
     the cluster's ``source``, e.g. the phone of smart_home); both are priced and performed.
+
+    Training (``compile(mode="train")``): ``iteration_ms`` bounds the time of one training
+    iteration (forward and backward of one batch of ``batch`` rows, gradients reduced);
+    ``throughput_rps`` then floors iterations per second and ``energy_j`` is per iteration;
+    the objectives ``latency`` and ``throughput`` both minimize the iteration time.
     """
 
     latency_ms: float | None = None
@@ -34,13 +39,14 @@ class QoE:
     request_rate_rps: float | None = None
     source: str | None = None
     sink: str | None = None
+    iteration_ms: float | None = None
 
     def __post_init__(self) -> None:
         for role in ("source", "sink"):
             value = getattr(self, role)
             if value is not None and (not isinstance(value, str) or not value):
                 raise QoEError(f"QoE.{role} must be a device name (a str), got {value!r}")
-        for name in ("latency_ms", "throughput_rps", "energy_j", "request_rate_rps"):
+        for name in ("latency_ms", "throughput_rps", "energy_j", "request_rate_rps", "iteration_ms"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -71,8 +77,15 @@ class QoE:
     def latency_s(self) -> float | None:
         return None if self.latency_ms is None else self.latency_ms / 1e3
 
+    @property
+    def iteration_s(self) -> float | None:
+        return None if self.iteration_ms is None else self.iteration_ms / 1e3
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["iteration_ms"] is None:  # inference QoEs keep their JSON as it was
+            del data["iteration_ms"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QoE:
@@ -88,6 +101,8 @@ class QoE:
             parts.append(f"energy<={self.energy_j:g}J")
         if self.request_rate_rps is not None:
             parts.append(f"load={self.request_rate_rps:g}rps")
+        if self.iteration_ms is not None:
+            parts.append(f"iteration<={self.iteration_ms:g}ms")
         if self.source is not None:
             parts.append(f"source={self.source}")
         if self.sink is not None:

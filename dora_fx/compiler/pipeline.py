@@ -28,7 +28,8 @@ from typing import Any
 import sympy
 import torch
 
-from ..analysis.problem import Problem
+from ..analysis.problem import Problem, TrainingSpec
+from ..analysis.training import evaluate_training
 from ..errors import DoraError, PassError
 from ..planner import solve
 from ..planner.balanced import balanced_flops_plan, check_plan
@@ -70,7 +71,12 @@ def _coarsen(state: CompileState) -> None:
 def _partition(state: CompileState) -> None:
     assert state.chain is not None and state.cluster is not None
     blocks, input_bytes = state.chain.at(state.qoe.batch)
-    state.problem = Problem(tuple(blocks), state.cluster, state.qoe, state.qoe.batch, input_bytes)
+    # a training compile plans a training problem: backward costs, training memory (AdamW's
+    # state, as runtime.train_memory's measured check assumes), iteration time
+    training = TrainingSpec("adamw", microbatches=state.microbatches) if state.for_training else None
+    state.problem = Problem(
+        tuple(blocks), state.cluster, state.qoe, state.qoe.batch, input_bytes, training=training
+    )
     if state.given_plan is not None:
         state.plan = check_plan(state.given_plan, state.problem)
     elif state.num_stages is not None:  # a fixed stage count: the spine's FLOP-balanced split
@@ -78,6 +84,8 @@ def _partition(state: CompileState) -> None:
     else:
         state.plan_set = solve(state.problem)
         state.plan = state.plan_set.best
+        if state.plan_set.training:  # the schedule policy and microbatches the planner chose
+            state.training = state.plan_set.training[0]
 
 
 def _insert_comm(state: CompileState) -> None:
@@ -87,16 +95,27 @@ def _insert_comm(state: CompileState) -> None:
 
 def _schedule_comm(state: CompileState) -> None:
     assert state.captured is not None and state.plan is not None
+    microbatches = state.microbatches
+    if microbatches is None and state.training is not None:
+        microbatches = state.training.microbatches  # the training planner's count
     choice = schedule_comm(
         [p.gm for p in state.programs],
         state.plan,
         state.problem,
         state.qoe.batch,
         dynamic_batch="batch" in state.captured.symbols.values(),
-        microbatches=state.microbatches,
+        microbatches=microbatches,
     )
     state.schedule_choice = choice
-    if state.plan_set is not None and choice.metrics is not None:
+    if state.problem is not None and state.problem.training is not None:
+        # the plan's figures stay the training iteration's (the inference simulation of the
+        # schedule says nothing about a backward)
+        if state.training is None or state.training.microbatches != choice.schedule.microbatches:
+            state.training = evaluate_training(
+                state.plan, state.problem, microbatches=choice.schedule.microbatches,
+                schedule=state.training.schedule if state.training else "1f1b",
+            )  # fmt: skip
+    elif state.plan_set is not None and choice.metrics is not None:
         # the planner's figures for the chosen plan become those of the schedule it runs
         state.plan_set = state.plan_set.with_schedule(choice.metrics, choice.schedule.header())
         state.plan = state.plan_set.best

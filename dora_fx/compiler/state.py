@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..analysis.problem import Problem
+from ..analysis.training import TrainMetrics
 from ..cost_models.cluster import Cluster
 from ..ir.call_spec import CallSpec
 from ..ir.plan import Plan
@@ -47,6 +48,9 @@ class CompileState:
     microbatches: int | None = None  # None: schedule_comm picks the count by simulation
     for_training: bool = False  # compile(mode="train"): captured in training mode on purpose
     schedule_choice: ScheduleChoice | None = None
+    # mode="train": the training iteration's figures (schedule policy, microbatches, memory per
+    # device, iteration time, energy); the planner's, or evaluated for a pinned plan
+    training: TrainMetrics | None = None
     stages: list[StageModule] = field(default_factory=list)
     call: CallSpec | None = None  # the call the model was captured for (codegen)
 

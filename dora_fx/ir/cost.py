@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import sympy
 
-__all__ = ["COST_KEY", "NodeCost"]
+__all__ = ["COST_KEY", "SAVED_KEY", "NodeCost"]
 
 COST_KEY = "dora.cost"
+SAVED_KEY = "dora.saved"
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,11 @@ class NodeCost:
     the op; its FLOPs are then 0 and explain() lists it. ``misaligned_flops`` is ``flops``
     for a matrix multiply whose output rows are not a whole number of 32-byte vectors (its
     kernel runs slower: ``Device.misaligned_dense_efficiency``), else 0.
+
+    Training (``cost_models.train_costs``; zero for a node with nothing to differentiate):
+    ``backward_flops`` and ``backward_bytes`` of the node's backward, ``grad_bytes`` the
+    gradient a trainable weight (a ``get_attr`` of a parameter) gets. What the node saves for
+    its backward is ``node.meta[SAVED_KEY]``: the nodes whose outputs autograd keeps.
     """
 
     flops: sympy.Expr
@@ -30,3 +36,6 @@ class NodeCost:
     op_class: str
     has_formula: bool = True
     misaligned_flops: sympy.Expr = sympy.Integer(0)
+    backward_flops: sympy.Expr = sympy.Integer(0)
+    backward_bytes: sympy.Expr = sympy.Integer(0)
+    grad_bytes: sympy.Expr = sympy.Integer(0)

@@ -145,30 +145,30 @@ def run_dp(
     offset = d.group_offset
     for g in range(n_groups):
         value[1:, offset[g], g] = op(first_cost[g], option_cost[g, 0, 1:])
-    usage_ids = np.arange(n_usage)
     for j in range(1, n):
         here = value[j]  # [U, G]
         if not np.isfinite(here).any():
             continue
         joined = op(here[:, :, None], move_cost[None, :, :, j])  # [U, G, G']
         best_prev = np.argmin(joined, axis=1)  # [U, G']
-        best = np.take_along_axis(joined, best_prev[:, None, :], axis=1)[:, 0, :]
-        for g2 in range(n_groups):
-            ok = d.fits[:, g2] & np.isfinite(best[:, g2])
-            if not ok.any():
-                continue
-            src = usage_ids[ok]
-            dst = src + offset[g2]
-            cand = op(best[src, g2][None, :], option_cost[g2, j, j + 1 :][:, None])  # [b, u]
-            current = value[j + 1 :, dst, g2]
-            better = cand < current
-            if not better.any():
-                continue
-            value[j + 1 :, dst, g2] = np.where(better, cand, current)
-            prev_cut[j + 1 :, dst, g2] = np.where(better, j, prev_cut[j + 1 :, dst, g2])
-            prev_group[j + 1 :, dst, g2] = np.where(
-                better, best_prev[src, g2][None, :], prev_group[j + 1 :, dst, g2]
-            )
+        best = np.min(joined, axis=1)
+        # every (usage, next group) pair at once: the entries they update are distinct, so
+        # this is the per-group loop's result exactly
+        ok = d.fits & np.isfinite(best)  # [U, G']
+        src, g2s = np.nonzero(ok)
+        if src.size == 0:
+            continue
+        dst = src + offset[g2s]
+        cand = op(best[src, g2s][None, :], option_cost[g2s, j, j + 1 :].T)  # [b, pairs]
+        current = value[j + 1 :, dst, g2s]
+        better = cand < current
+        if not better.any():
+            continue
+        value[j + 1 :, dst, g2s] = np.where(better, cand, current)
+        prev_cut[j + 1 :, dst, g2s] = np.where(better, j, prev_cut[j + 1 :, dst, g2s])
+        prev_group[j + 1 :, dst, g2s] = np.where(
+            better, best_prev[src, g2s][None, :], prev_group[j + 1 :, dst, g2s]
+        )
     final = value[n] if last_cost is None else op(value[n], last_cost[None, :])  # [U, G]
     last_group = np.argmin(final, axis=1)
     final_value = final[np.arange(n_usage), last_group]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..analysis.evaluate import Metrics
+from ..analysis.training import TrainMetrics
 from ..ir.plan import Plan
 from ..qoe import QoE
 
@@ -47,6 +48,9 @@ class PlanSet:
     notes: tuple[str, ...] = ()
     scheduled: Metrics | None = None
     schedule: str = ""  # the schedule's header ("schedule policy=... microbatches=...")
+    # training problems: each plan's iteration figures (``analysis.training.TrainMetrics``),
+    # in the order of ``plans``; empty for inference
+    training: tuple[TrainMetrics, ...] = ()
 
     def with_schedule(self, scheduled: Metrics, schedule: str) -> PlanSet:
         """This set with the chosen plan's figures under its schedule (see the class doc)."""

@@ -62,6 +62,10 @@ def solve(
     ``time_limit_s``: HiGHS's limit for each MILP (one per objective, a quarter of it for each
     trade-off point), not for the whole solve; a MILP it cuts short is said in ``notes``.
     """
+    if problem.training is not None:
+        from .train_solve import solve_training
+
+        return solve_training(problem, max_plans=max_plans, max_group_size=max_group_size)
     start = time.perf_counter()
     qoe = problem.qoe
     space = plan_space(problem, max_group_size)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..analysis.problem import Problem
 from ..cost_models.device import Device
@@ -89,10 +89,17 @@ class PlanSpace:
     max_group_size: int
     speed: dict[str, float]
     batch: int
+    _shares: dict[tuple[str, ...], tuple[float, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # memo of ``shares``: the training planner asks for the same groups many times
 
     def shares(self, devices: Sequence[str]) -> tuple[float, ...]:
         """The share rule for a group of ``devices`` (see the module docstring)."""
-        return group_shares(devices, self.speed, self.batch)
+        key = tuple(devices)
+        hit = self._shares.get(key)
+        if hit is None:
+            hit = self._shares[key] = group_shares(devices, self.speed, self.batch)
+        return hit
 
     @property
     def capacity(self) -> tuple[int, ...]:

@@ -29,6 +29,7 @@ from ...cost_models.op_costs import (
 )
 from ...ir.cost import COST_KEY, NodeCost
 from ..capture import BATCH, SEQ
+from .annotate_backward import annotate_backward
 
 __all__ = ["annotate_costs", "compile_costs", "node_cost", "CostSymbols", "ZERO"]
 
@@ -85,6 +86,7 @@ def annotate_costs(
         node.meta[COST_KEY] = cost
         if not cost.has_formula:
             missing.append(op_name(node.target))
+    annotate_backward(gm)
     return sorted(set(missing))
 
 

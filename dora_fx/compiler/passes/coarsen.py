@@ -19,7 +19,7 @@ import torch
 import torch.fx
 
 from ...analysis.problem import Block
-from ...ir.cost import COST_KEY, NodeCost
+from ...ir.cost import COST_KEY, SAVED_KEY, NodeCost
 from .annotate_costs import ZERO, CostSymbols, compile_costs
 
 __all__ = ["SymBlock", "BlockChain", "coarsen", "placed_nodes", "crossing_values"]
@@ -41,6 +41,12 @@ class SymBlock:
     out_bytes: sympy.Expr  # live tensors crossing the cut after this block (last: the outputs)
     param_bytes: sympy.Expr
     ops: int  # nodes that cost time (views and shape queries are free)
+    # training (annotate_backward): backward work, activations autograd saves, weight gradients
+    backward_flops: sympy.Expr = ZERO
+    backward_dense_flops: sympy.Expr = ZERO
+    backward_bytes: sympy.Expr = ZERO
+    activation_bytes: sympy.Expr = ZERO
+    grad_bytes: sympy.Expr = ZERO
 
 
 @dataclass
@@ -53,7 +59,8 @@ class BlockChain:
     def __post_init__(self) -> None:
         fields = (
             "flops", "dense_flops", "bytes_moved", "out_bytes", "param_bytes", "dense_bytes",
-            "misaligned_flops",
+            "misaligned_flops", "backward_flops", "backward_dense_flops", "backward_bytes",
+            "activation_bytes", "grad_bytes",
         )  # fmt: skip
         exprs = [getattr(b, f) for b in self.blocks for f in fields] + [self.input_bytes]
         self._evaluate = compile_costs(exprs, self.symbols)
@@ -61,12 +68,15 @@ class BlockChain:
     def at(self, batch: int, seq: int = 1) -> tuple[list[Block], float]:
         """Numeric blocks (and input bytes) at a batch size: one compiled call."""
         values = self._evaluate(batch, seq)
-        rows = values[:-1].reshape(len(self.blocks), 7)
+        rows = values[:-1].reshape(len(self.blocks), 12)
         blocks = [
             Block(
                 flops=float(row[0]), dense_flops=float(row[1]), bytes=float(row[2]),
                 out_bytes=float(row[3]), param_bytes=float(row[4]), dense_bytes=float(row[5]),
                 misaligned_flops=float(row[6]), ops=b.ops, name=b.name,
+                backward_flops=float(row[7]), backward_dense_flops=float(row[8]),
+                backward_bytes=float(row[9]), activation_bytes=float(row[10]),
+                grad_bytes=float(row[11]),
             )
             for b, row in zip(self.blocks, rows)
         ]
@@ -183,6 +193,8 @@ def _make_block(
         arg for n in nodes[start:stop] for arg in n.all_input_nodes if arg.op == "get_attr"
     }
     paths = [p for n in nodes[start:stop] if (p := _module_path(n, 99))]
+    # a tensor saved for the backward by several nodes of the block is kept once
+    saved = {s: None for n in nodes[start:stop] for s in n.meta.get(SAVED_KEY, ())}
     return SymBlock(
         index=index,
         node_start=start,
@@ -196,4 +208,9 @@ def _make_block(
         out_bytes=sum((v.meta[COST_KEY].output_bytes for v in live), ZERO),
         param_bytes=sum((w.meta[COST_KEY].output_bytes for w in weights), ZERO),
         ops=sum(c.op_class != "view" for c in costs),
+        backward_flops=sum((c.backward_flops for c in costs), ZERO),
+        backward_dense_flops=sum((c.backward_flops for c in costs if c.op_class == "dense"), ZERO),
+        backward_bytes=sum((c.backward_bytes for c in costs), ZERO),
+        activation_bytes=sum((s.meta[COST_KEY].output_bytes for s in saved), ZERO),
+        grad_bytes=sum((w.meta[COST_KEY].grad_bytes for w in weights), ZERO),
     )
