@@ -266,8 +266,8 @@ class CompiledModel(LocalPipeline):
         **options: Any,
     ) -> TrainResult:
         """Train for real, one process per device on this machine (torch.distributed, gloo):
-        each rank runs its stage's 1F1B (or ``policy="gpipe"``) schedule of the plan's
-        microbatches, data-parallel replicas and tied weights have their gradients summed by
+        each rank runs its stage's training schedule (default: the GPipe or 1F1B policy the
+        planner chose, ``policy=`` to override) of the plan's microbatches, data-parallel replicas and tied weights have their gradients summed by
         all-reduce, and each rank steps its own ``optimizer(params)`` (default SGD, lr 0.01).
         ``data``: each step's ``(x, y)`` (a sequence, cycled; an iterable; or ``data(step)``).
         ``loss_fn``: default the compile's. ``options`` go to
@@ -281,6 +281,9 @@ class CompiledModel(LocalPipeline):
         if loss is None:
             raise InputError("train_distributed needs the loss: loss_fn=, or compile(..., loss_fn=)")
         factory = optimizer or _default_optimizer
+        planned = self.state.training
+        if planned is not None:  # the schedule the planner chose, unless the caller says
+            options.setdefault("policy", planned.schedule)
         with tempfile.TemporaryDirectory(prefix="dora_plan_") as folder:
             plan_dir = self.save(path or folder)
             result = train_local(plan_dir, data, steps=steps, loss_fn=loss, optimizer=factory, **options)

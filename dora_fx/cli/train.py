@@ -38,6 +38,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="'small' (default) a shrunken config, 'full' the published one")
     parser.add_argument("--scenario", default="smart_home", choices=sorted(SCENARIOS))
     add_qoe_arguments(parser)
+    parser.add_argument("--iteration-ms", type=float, default=None,
+                        help="bound on the time of one training iteration in ms (default: none)")
     parser.add_argument("--batch", type=int, default=8, help="samples per iteration (default: 8)")
     parser.add_argument("--num-stages", type=int, default=None)
     parser.add_argument("--microbatches", type=int, default=None)
@@ -60,6 +62,7 @@ def _optimizer(name: str, lr: float) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     import copy
+    import dataclasses
 
     from ..api import compile
     from ..models import build
@@ -75,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
     without_dropout(model).train()  # deterministic steps, comparable with the plain model's
     loss_fn, target = training_task(args.model, model, inputs)
     reference = copy.deepcopy(model).train()
-    qoe = qoe_from_args(args, args.batch, None)
+    qoe = dataclasses.replace(qoe_from_args(args, args.batch, None), iteration_ms=args.iteration_ms)
     print(f"planning training for {args.scenario} ...", flush=True)
     compiled = compile(
         model, SCENARIOS[args.scenario](), qoe, example_inputs=inputs, mode="train",
@@ -115,4 +118,12 @@ def _train_distributed(compiled: Any, inputs: Any, target: Any, args: argparse.N
         [(inputs, target)] * args.steps, steps=args.steps, optimizer=make_optimizer,
         emulate=not args.no_emulation,
     )  # fmt: skip
-    print(result.table() if hasattr(result, "table") else result)
+    planned = compiled.state.training
+    clock = "emulated device" if result.emulated else "host"
+    print(f"ran {len(result.steps)} steps, one process per device ({result.schedule.splitlines()[0]})")
+    print(f"{'step':>4}  {'loss':>10}  {'iteration s (' + clock + ')':>28}")
+    for step, loss, seconds in zip(result.steps, result.losses, result.iteration_s):
+        print(f"{step:>4}  {loss:>10.6f}  {seconds:>28.4f}")
+    if planned is not None:
+        print(f"planned iteration {planned.iteration_s:.4f} s; measured mean "
+              f"{result.iteration_s_mean:.4f} s (first step left out)")  # fmt: skip
