@@ -119,6 +119,8 @@ def prediction(
         stream = _stream(example, requests, seed=k)
         with shaped_for(cluster, scale, prefix=f"bp{k}") as testbed:
             link = _bandwidth(testbed, cluster, scale, table[0].device, table[1].device)
+            # the way results come back: from the last stage to the sink
+            back = _bandwidth(testbed, cluster, scale, table[-1].device, table[0].device)
             result = run_plan(
                 testbed, folder, stream, time_scale=scale, host=host, in_flight=ranks,
                 timeout_s=RUN_TIMEOUT_S, port=29800 + k,
@@ -131,7 +133,7 @@ def prediction(
         returned = len(result.outputs) / requests if table[0].device == sink else 0.0
         rows.append({
             "model": name, "scenario": scenario, "plan": compiled.plan.to_text(),
-            "time_scale": scale, "link": link, "sink": sink, "sink_returned": returned,
+            "time_scale": scale, "link": link, "back": back, "sink": sink, "sink_returned": returned,
             "measured_latency_s": result.latency_p50_s, "sim_latency_s": sim.latency_p50_s,
             "measured_throughput_rps": result.throughput_rps,
             "sim_throughput_rps": sim.throughput_rps,
@@ -162,6 +164,9 @@ def _print_prediction(r: dict) -> None:
           f"{r['sim_throughput_rps']:8.1f} r/s error {r['throughput_error']:6.1%}")  # fmt: skip
     print(f"    bulk flow {link['src']}->{link['dst']}: {link['measured_bps'] / 1e6:.1f} Mb/s "
           f"(configured {link['configured_bps'] / 1e6:.1f}, error {link['error']:.1%})")  # fmt: skip
+    back = r["back"]
+    print(f"    bulk flow {back['src']}->{back['dst']}: {back['measured_bps'] / 1e6:.1f} Mb/s "
+          f"(configured {back['configured_bps'] / 1e6:.1f}, error {back['error']:.1%})")  # fmt: skip
     print(f"    outputs vs eager by request id: max |diff| {r['max_abs_diff']:.2e}; results "
           f"at the sink ({r['sink']}): {r['sink_returned']:.0%}; compute overrun "
           f"{r['overrun']:.1%}")  # fmt: skip
@@ -300,6 +305,8 @@ def lost_host(work: Path, requests: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer cases and requests")
+    parser.add_argument("--peer-models", default="gpt2",
+                        help="comma-separated models for the peer check (gpt2, mobilenetv2)")
     parser.add_argument("--time-scale", type=float, default=TIME_SCALE,
                         help=f"the runs' fixed dilation (default {TIME_SCALE:g})")  # fmt: skip
     args = parser.parse_args(argv)
@@ -319,22 +326,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_links_") as tmp:
         work = Path(tmp)
         rows = prediction(work, host, cases, requests, args.time_scale)
-        names = ["gpt2"] if args.quick else ["gpt2", "mobilenetv2"]
+        # GPT-2 only: each testbed run costs about a minute of startup on this 2-core host
+        # (torchrun agents and workers importing torch); --peer-models adds others
+        names = args.peer_models.split(",")
         peers = peer(work, host, names, requests, args.time_scale)
         lost = lost_host(work, 12 if args.quick else 24)
     print("\n== summary: simulated vs measured over kernel-shaped links ==")
     print(f"{'model':<12} {'scenario':<14} {'scale':>6} {'lat ms':>8} {'sim ms':>8} {'err':>6} "
-          f"{'thr r/s':>8} {'sim r/s':>8} {'err':>6} {'link err':>8}")  # fmt: skip
+          f"{'thr r/s':>8} {'sim r/s':>8} {'err':>6} {'link err':>8} {'back err':>8}")  # fmt: skip
     for r in rows:
         print(f"{r['model']:<12} {r['scenario']:<14} {r['time_scale']:>6g} "
               f"{r['measured_latency_s'] * 1e3:>8.2f} {r['sim_latency_s'] * 1e3:>8.2f} "
               f"{r['latency_error']:>6.1%} {r['measured_throughput_rps']:>8.1f} "
               f"{r['sim_throughput_rps']:>8.1f} {r['throughput_error']:>6.1%} "
-              f"{r['link']['error']:>8.1%}")  # fmt: skip
+              f"{r['link']['error']:>8.1%} {r['back']['error']:>8.1%}")  # fmt: skip
     print("one-way latency: left out (tc here has no netem); the clusters have 0 s latency in "
           "the plan, the simulator and the testbed alike")
-    switched = [r["link"]["error"] for r in rows if r["scenario"] == "edge_cluster"]
-    shared = [r["link"]["error"] for r in rows if r["scenario"] == "smart_home"]
+    switched = [r[k]["error"] for r in rows if r["scenario"] == "edge_cluster" for k in ("link", "back")]
+    shared = [r[k]["error"] for r in rows if r["scenario"] == "smart_home" for k in ("link", "back")]
     best = max(peers, key=lambda r: r["throughput_ratio"])
     summary = {
         "median_latency_error": round(statistics.median(r["latency_error"] for r in rows), 4),
