@@ -41,7 +41,7 @@ def _device(name: str) -> Device:
     return Device(name, dense_flops_per_s=1e12, memory_bandwidth_bytes_per_s=50e9)
 
 
-def _cluster(names: tuple[str, ...] = ("a", "b", "c"), rate_bps: float = 50e6) -> Cluster:
+def _cluster(names: tuple[str, ...] = ("alpha", "bravo", "carol"), rate_bps: float = 50e6) -> Cluster:
     network = Network(
         "switch", media=(Medium("switch", "switched"),),
         links=tuple(Link(n, "switch", rate_bps, rate_bps / 2, 2e-3) for n in names),
@@ -67,9 +67,9 @@ def test_a_dilated_cluster_has_every_rate_over_the_time_scale():
 def test_latency_can_be_left_out_and_a_peer_network_costs_nothing():
     cluster = _cluster()
     assert all(without_latency(cluster).link(n).latency_s == 0 for n in cluster.device_names)
-    assert without_latency(cluster).link("a").up_bps == cluster.link("a").up_bps
+    assert without_latency(cluster).link("alpha").up_bps == cluster.link("alpha").up_bps
     free = unpaced(cluster).network
-    assert free.flow_rates_bps([("a", "b")])[0] >= 1e14
+    assert free.flow_rates_bps([("alpha", "bravo")])[0] >= 1e14
 
 
 def test_a_kernel_network_needs_the_time_scale_the_testbed_was_shaped_for():
@@ -101,7 +101,7 @@ def test_a_plan_with_a_data_parallel_stage_gives_eager_outputs_by_request_id(tmp
     model, example = models.build("mlp", batch=4)
     cluster = _cluster()
     compiled = dora_fx.compile(model, cluster, example_inputs=example, num_stages=2)
-    folder = _data_parallel(compiled.save(tmp_path / "mlp"), 1, ["b", "c"], [0.5, 0.5])
+    folder = _data_parallel(compiled.save(tmp_path / "mlp"), 1, ["bravo", "carol"], [0.5, 0.5])
     generator = torch.Generator().manual_seed(3)
     requests = {rid: (torch.randn(4, 64, generator=generator),) for rid in (7, 3, 12, 40, 5)}
     host = Device("host", dense_flops_per_s=2e10, memory_bandwidth_bytes_per_s=1e10)
@@ -112,7 +112,7 @@ def test_a_plan_with_a_data_parallel_stage_gives_eager_outputs_by_request_id(tmp
         )  # fmt: skip
     assert result.request_ids == list(requests)
     assert result.time_scale == 5.0
-    assert [r["device"] for r in result.ranks] == ["a", "b", "c"]
+    assert [r["device"] for r in result.ranks] == ["alpha", "bravo", "carol"]
     assert all(r["rows"] > 0 for r in result.ranks[1:])  # both members computed rows
     with torch.no_grad():
         for rid, output in zip(result.request_ids, result.outputs):
@@ -121,12 +121,12 @@ def test_a_plan_with_a_data_parallel_stage_gives_eager_outputs_by_request_id(tmp
 
 @needs_namespaces
 def test_a_killed_host_is_routed_around_with_nothing_lost_or_duplicated(tmp_path):
-    """plan-a (a -> b) serves every request over 2 Mb/s links; b's namespace is killed after
-    two answers; the dispatcher re-sends exactly the unanswered ids to plan-b (a -> c)."""
+    """plan-a (alpha -> bravo) serves every request over 2 Mb/s links; bravo's namespace is killed after
+    two answers; the dispatcher re-sends exactly the unanswered ids to plan-b (alpha -> carol)."""
     model, example = models.build("mlp", batch=4)
     cluster = _cluster(rate_bps=2e6)
     folders = {}
-    for plan, gone in (("plan-a", "c"), ("plan-b", "b")):
+    for plan, gone in (("plan-a", "carol"), ("plan-b", "bravo")):
         sub = cluster.without_device(gone)
         folders[plan] = dora_fx.compile(
             model, sub, example_inputs=example, num_stages=2
@@ -139,21 +139,21 @@ def test_a_killed_host_is_routed_around_with_nothing_lost_or_duplicated(tmp_path
 
     with shaped_for(cluster, 1.0, prefix="tlost") as testbed:
         executor = TestbedExecutor(
-            testbed, folders, kill={"plan-a": ("b", 2)}, emulate=False, time_scale=1.0,
+            testbed, folders, kill={"plan-a": ("bravo", 2)}, emulate=False, time_scale=1.0,
             warmup=1, timeout_s=5.0, deadline_s=180, port=29640,
         )  # fmt: skip
         dispatcher = MultiPlanDispatcher(
-            {"plan-a": ["a", "b"], "plan-b": ["a", "c"]},
+            {"plan-a": ["alpha", "bravo"], "plan-b": ["alpha", "carol"]},
             composition({"plan-a": 1.0, "plan-b": 0.0}), executor,
             lambda dead: composition({"plan-a": 0.0, "plan-b": 1.0}),
         )  # fmt: skip
         result = dispatcher.run(requests)
-        address = testbed.address("b")
+        address = testbed.address("bravo")
     assert result.lost == [] and result.duplicates == 0
     assert sorted(result.outputs) == sorted(requests)
     assert result.resent and set(result.served_by.values()) == {"plan-a", "plan-b"}
     error = str(executor.errors[0])
-    for part in ("rank 1", "stage 1", "device 'b'", f"host {address}"):
+    for part in ("rank 1", "stage 1", "device 'bravo'", f"host {address}"):
         assert part in error, error
     with torch.no_grad():
         for rid, output in result.outputs.items():
