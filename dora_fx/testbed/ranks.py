@@ -26,7 +26,15 @@ from ..runtime.distributed.rank import DEVICE_ENV
 from ..runtime.distributed.wiring import rank_table
 from .netns import NetnsCluster
 
-__all__ = ["NodeCommand", "node_commands", "start_nodes", "wait_nodes", "stop_nodes"]
+__all__ = [
+    "NodeCommand",
+    "node_commands",
+    "worker_commands",
+    "torchrun_commands",
+    "start_nodes",
+    "wait_nodes",
+    "stop_nodes",
+]
 
 MASTER_PORT = 29500
 
@@ -54,25 +62,60 @@ def node_commands(
     """The torchrun command of every rank of the plan, each for its device's namespace; the
     ranks import the dora_fx this process imported (``PYTHONPATH``)."""
     table = rank_table(read_plan_folder(plan_dir).plan)
-    master = testbed.address(table[0].device)
     launch = (
         "-m", "dora_fx.runtime.distributed.launch", str(Path(plan_dir).resolve()),
         "--requests", str(Path(requests_path).resolve()), "--out", str(Path(out_path).resolve()),
         "--timeout", f"{timeout_s:g}",
     )  # fmt: skip
+    devices = [info.device for info in table]
+    return torchrun_commands(
+        testbed, devices, launch, port=port, timeout_s=timeout_s, python=python
+    )
+
+
+def worker_commands(
+    testbed: NetnsCluster,
+    devices: list[str],
+    module: str,
+    config_path: str | Path,
+    *,
+    port: int = MASTER_PORT,
+    timeout_s: float = 60.0,
+    python: str = sys.executable,
+) -> list[NodeCommand]:
+    """torchrun nodes of ``python -m module --worker CONFIG`` (a run the launcher prepared:
+    ``runtime.distributed.launch`` with a ``RunConfig``, ``peers.pipelining_rank`` with a
+    ``PeerConfig``), node rank ``k`` on ``devices[k]``."""
+    tail = ("-m", module, "--worker", str(Path(config_path).resolve()))
+    return torchrun_commands(testbed, devices, tail, port=port, timeout_s=timeout_s, python=python)
+
+
+def torchrun_commands(
+    testbed: NetnsCluster,
+    devices: list[str],
+    program: tuple[str, ...],
+    *,
+    port: int = MASTER_PORT,
+    timeout_s: float = 60.0,
+    python: str = sys.executable,
+) -> list[NodeCommand]:
+    """One torchrun node per device (node rank = position), each running ``program`` (torchrun's
+    ``-m module args...``) in its device's namespace, rank 0's host the rendezvous master."""
+    master = testbed.address(devices[0])
     commands = []
-    for info in table:
+    for rank, device in enumerate(devices):
         torchrun = (
-            python, "-m", "torch.distributed.run", "--nnodes", str(len(table)),
-            "--node-rank", str(info.rank), "--nproc-per-node", "1",
+            python, "-m", "torch.distributed.run", "--nnodes", str(len(devices)),
+            "--node-rank", str(rank), "--nproc-per-node", "1",
             "--master-addr", master, "--master-port", str(port),
             # a node that never joins ends the others after this long (default: 600 s)
             "--rdzv-conf", f"timeout={max(int(timeout_s), 10)}",
         )  # fmt: skip
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": testbed.interface(info.device),
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": testbed.interface(device),
                "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1",
-               DEVICE_ENV: info.device}  # the rank checks it runs the device planned  # fmt: skip
-        commands.append(NodeCommand(info.rank, info.device, torchrun + launch, env))
+               DEVICE_ENV: device}  # the rank checks it runs the device planned  # fmt: skip
+        env.pop("DORA_PARENT_PID", None)  # a torchrun worker's parent is its agent
+        commands.append(NodeCommand(rank, device, torchrun + program, env))
     return commands
 
 

@@ -66,7 +66,8 @@ def test_a_shared_medium_sorts_each_hop_into_its_station_class():
     assert f"rate {round(wire_rate_bps(563.29e6))}bit" in parent  # the fastest hop
     rpi4 = stations[2]
     up = next(c for c in commands if "classid 1:1002" in c)  # rpi4's uplink
-    ceil = wire_rate_bps(rpi4.up_bps)
+    # a slower hop's ceiling: the model's rate of a flow alone from it to a fastest station
+    ceil = 1 / (1 / wire_rate_bps(rpi4.up_bps) + 1 / wire_rate_bps(563.29e6))
     assert f"ceil {round(ceil)}bit burst " in up and f"cburst {round(ceil / 8 * 2e-3)}b " in up
     assert "match u8 64 0xff at 8 match ip src 10.77.0.3/32 flowid 1:1002" in " | ".join(commands)
     assert "match u8 63 0xff at 8 match ip dst 10.77.0.3/32 flowid 1:2002" in " | ".join(commands)

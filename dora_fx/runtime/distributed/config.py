@@ -27,7 +27,12 @@ class RunConfig:
     ``microbatches``: None runs the plan's schedule as compiled; a count relowers it for that
     many (every rank the same way). ``fault``: ``{"rank": r, "item": k, "kind": "kill" |
     "hang"}`` makes a rank fail on purpose before the request holding its ``k``-th item of the
-    stream (tests of the failure path).
+    stream (tests of the failure path). ``network``: under emulation, ``"emulated"`` paces
+    every transfer to the plan's links (``network_emulation``); ``"kernel"`` leaves the links
+    between the ranks' hosts to the kernel (a testbed whose links ``tc`` shapes at the plan's
+    rates over ``time_scale``, which must then be fixed: ``dora_fx.testbed``), and paces only
+    the legs rank 0 stands in for (user inputs from another source device, outputs to another
+    sink).
     """
 
     plan_dir: str
@@ -53,6 +58,7 @@ class RunConfig:
     inbox_dir: str | None = None  # a streaming session (``session``)
     grad: bool = False  # run the stages with autograd recording (inference: off)
     training: bool = False  # the stage modules' train/eval mode
+    network: str = "emulated"  # or "kernel": the hosts' links are real (see above)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -8,7 +8,10 @@ the bottleneck device and the host's contention (``compute_emulation.dilation``)
 then stretched to the device's speed (``ComputeStretch``, relative to the stage's measured
 host time or the host profile: ``RunConfig.compute_reference``), and transfers are shaped to
 the plan's links and shared media (``LinkShaper`` on the ledger every process reserves airtime
-on), paced by the schedule's contention policy.
+on), paced by the schedule's contention policy. Under ``RunConfig.network == "kernel"`` the
+links between the ranks' hosts are real and shaped by the kernel at bandwidth / time_scale (a
+testbed), so the dilation cannot be agreed at run time: the run fixes it (``time_scale``), and
+the shaper paces only the legs rank 0 stands in for (``links.Links.kernel_network``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def start_emulation(
             "emulation needs the calibrated host (RunConfig.host, from dora_fx.calibrate()) "
             "and the cluster in plan.json; pass emulate=False to run without it"
         )
+    _check_network(config)
     cluster = Cluster.from_json(cluster_json)
     device, host = cluster.device(me.device), Device.from_json(config.host)
     device_item_s, host_item_s = stage_time_s(device, ops), stage_time_s(host, ops)
@@ -77,6 +81,21 @@ def start_emulation(
         ledger=ledger,
         shaper=LinkShaper(cluster.network, ledger, scale, me.rank, contention),
     )
+
+
+NETWORKS = ("emulated", "kernel")
+
+
+def _check_network(config: RunConfig) -> None:
+    if config.network not in NETWORKS:
+        raise ValueError(f"RunConfig.network must be one of {NETWORKS}, got {config.network!r}")
+    if config.network == "kernel" and config.time_scale is None:
+        raise ValueError(
+            "network='kernel' needs a fixed time_scale: the kernel shapes the links at their "
+            "bandwidth / time_scale before the run starts (dora_fx.testbed.shaped_for), so the "
+            "ranks cannot pick the dilation themselves; pass the time_scale the testbed was "
+            "shaped for"
+        )
 
 
 def _host_reference_s(reference: str, profile_item_s: float, measured_item_s: float) -> float:

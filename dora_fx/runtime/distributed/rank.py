@@ -55,6 +55,7 @@ def run_rank(config: RunConfig, rank: int, world_size: int) -> dict[str, Any] | 
     group_size = _check_group(group)
     transport = DistTransport(me, wiring, config.timeout_s, device, schedule.microbatches)
     transport.links.addresses = _host_addresses(control, world_size)
+    transport.links.kernel_network = config.network == "kernel"
     runner = StageRunner(
         me.stage, schedule.stages[me.stage], schedule.pipelined, schedule.microbatches,
         SegmentProgram(module), transport, grad=config.grad,
