@@ -184,9 +184,17 @@ class SplitBackward:
 
     def describe(self, devices: Sequence[str]) -> str:
         used = [s for s in self.stages if s.ops]
-        parts = [f"stage {s.index} ({devices[s.index]}) {s.ops} ops" for s in used]
-        text = f"backward: split over {len(used)} stages ({', '.join(devices[s.index] for s in reversed(used))}): "
-        text += ", then ".join(parts)
+        if len(used) == 1:
+            (only,) = used
+            text = (
+                f"backward: on stage {only.index} ({devices[only.index]}) only, {only.ops} ops "
+                "(the other stages computed nothing that needs a gradient)"
+            )
+        else:
+            names = ", ".join(devices[s.index] for s in reversed(used))
+            text = f"backward: split over {len(used)} stages ({names}): " + ", then ".join(
+                f"stage {s.index} ({devices[s.index]}) {s.ops} ops" for s in used
+            )
         crossing = [s for s in used if s.reads_saved_of]
         if crossing:
             text += "; " + "; ".join(

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import sympy
 import torch
 import torch.fx
 from torch._dynamo.backends.common import aot_autograd
@@ -52,7 +53,7 @@ class _Planned:
     compiled: CompiledModel
     user_positions: list[int]  # the forward's inputs the stages take
     weights: dict[int, torch.Tensor]  # forward input -> the weight the stages read
-    outputs: list[tuple[str, int]]  # per forward output: ("stages", j) or ("input", i)
+    outputs: list[tuple[str, Any]]  # per forward output (``_computed_outputs``)
     held_by: dict[str, frozenset[int]]  # forward output name -> the stages holding it
     readers: dict[int, int]  # forward input (weight) -> the last stage reading it
     stage_of: dict[str, int]  # forward node (AOTAutograd's name) -> the stage computing it
@@ -158,9 +159,11 @@ class TrainingGraph:
 
     def _split(self, gm: torch.fx.GraphModule, planned: _Planned) -> SplitBackward:
         names = set(self.forward_names)
-        for node in gm.graph.nodes:
-            if node.op == "placeholder" and not node.name.startswith("tangents") and node.name not in names:
-                raise BackwardSplitError(f"its input {node.name} is no output of the forward")
+        inputs = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        for name in inputs:
+            if not name.startswith("tangents") and name not in names:
+                raise BackwardSplitError(f"its input {name} is no output of the forward")
+        held_by = {k: v for k, v in planned.held_by.items() if k in inputs}
         (output,) = [n for n in gm.graph.nodes if n.op == "output"]
         grads = list(output.args[0])
         if len(grads) != len(self.sources):
@@ -170,8 +173,8 @@ class TrainingGraph:
         stages = len(planned.compiled.plan.stages)
         output_stages = [planned.readers.get(i) for i in range(len(grads))]
         home = self._homes(gm, planned)
-        placed = assign_stages(gm.graph, home, planned.held_by, output_stages, stages)
-        return split_backward(gm, placed, stages, planned.held_by)
+        placed = assign_stages(gm.graph, home, held_by, output_stages, stages)
+        return split_backward(gm, placed, stages, held_by)
 
 
     def _homes(self, gm: torch.fx.GraphModule, planned: _Planned) -> dict[torch.fx.Node, int]:
@@ -222,21 +225,40 @@ def _run_forward(planned: _Planned, args: Sequence[Any]) -> list[Any]:
                 "again"
             )
     flat = planned.compiled(*[args[i] for i in planned.user_positions])
-    return [flat[j] if kind == "stages" else args[j] for kind, j in planned.outputs]
+    return [_output(kind, where, flat, args) for kind, where in planned.outputs]
 
 
-def _computed_outputs(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[tuple[str, int]]]:
+def _output(kind: str, where: Any, flat: Sequence[Any], args: Sequence[Any]) -> Any:
+    if kind == "stages":
+        return flat[where]
+    if kind == "input":
+        return args[where]
+    expr, symbols = where  # a size: its expression in the sizes the forward takes
+    return int(expr.xreplace({s: sympy.Integer(int(args[i])) for s, i in symbols.items()}))
+
+
+def _computed_outputs(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[tuple[str, Any]]]:
     """``gm`` returning only the tensors it computes; per original output where it comes
-    from: ``("stages", j)``, the j-th of those, or ``("input", i)``, the graph's i-th input."""
+    from: ``("stages", j)``, the j-th of those; ``("input", i)``, the graph's i-th input; or
+    ``("size", (expr, {symbol: input}))``, a size saved for the backward, as an expression in
+    the sizes the graph takes as inputs (Dynamo passes each dynamic size)."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+    symbols = {
+        v.node.expr: i
+        for i, n in enumerate(placeholders)
+        if isinstance(v := n.meta.get("val"), torch.SymInt) and isinstance(v.node.expr, sympy.Symbol)
+    }
     kept: list[torch.fx.Node] = []
-    outputs: list[tuple[str, int]] = []
+    outputs: list[tuple[str, Any]] = []
     for value in output.args[0]:
         if isinstance(value, torch.fx.Node) and value.op == "placeholder":
             outputs.append(("input", placeholders.index(value)))
             continue
         val = value.meta.get("val") if isinstance(value, torch.fx.Node) else value
+        if isinstance(val, torch.SymInt) and val.node.expr.free_symbols <= set(symbols):
+            outputs.append(("size", (val.node.expr, symbols)))
+            continue
         if not isinstance(val, torch.Tensor):
             raise ForwardError(f"its output {value} is a {type(val).__name__}, not a tensor")
         outputs.append(("stages", len(kept)))
