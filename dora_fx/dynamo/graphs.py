@@ -230,8 +230,14 @@ def _ops(gm: torch.fx.GraphModule) -> int:
 
 
 def _count_flops(lifted: LiftedGraph) -> float:
+    """The graph's FLOPs, run once on its example inputs; buffers it updates in place (batch
+    norm's running statistics in training mode) are put back as they were."""
+    buffers = [b for b in lifted.module.buffers()]
+    kept = [b.clone() for b in buffers]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         lifted.module(*lifted.example_inputs)
+        for buffer, value in zip(buffers, kept, strict=True):
+            buffer.copy_(value)
     return float(counter.get_total_flops())
 
 

@@ -68,6 +68,7 @@ class TrainingGraph:
         self.backend, self.record, self.sources = backend, record, list(sources)
         self.planned: _Planned | None = None
         self.forward_names: list[str] = []  # the forward graph's outputs, by node name
+        self.forward_seq: dict[str, int] = {}  # forward node -> its autograd sequence number
         self.split: SplitBackward | None = None  # the backward's stages, once cut
 
     def compiler(self) -> Callable[..., Any]:
@@ -105,8 +106,8 @@ class TrainingGraph:
         started = time.perf_counter()
         try:
             self.planned = self._plan_forward(gm, args)
-        except (DoraError, ForwardError, LiftError) as exc:
-            first = str(exc).splitlines()[0]
+        except Exception as exc:  # noqa: BLE001 - any failure: the graph still trains, warned
+            first = _first_line(exc)
             self.record.reason = f"dora_fx could not compile its forward: {first}"
             warnings.warn(
                 f"dora backend: graph {self.record.index} (training) runs as AOTAutograd traced "
@@ -145,10 +146,11 @@ class TrainingGraph:
             return gm.forward
         try:
             split = self._split(gm, planned)
-        except BackwardSplitError as exc:
-            self.record.backward = f"backward: one graph, on one device ({exc})"
+        except Exception as exc:  # noqa: BLE001 - any failure: the backward runs whole, warned
+            first = _first_line(exc)
+            self.record.backward = f"backward: one graph, on one device ({first})"
             warnings.warn(
-                f"dora backend: graph {self.record.index}'s backward runs as one graph: {exc}",
+                f"dora backend: graph {self.record.index}'s backward runs as one graph: {first}",
                 stacklevel=4,
             )
             return gm.forward
@@ -176,7 +178,6 @@ class TrainingGraph:
         placed = assign_stages(gm.graph, home, held_by, output_stages, stages)
         return split_backward(gm, placed, stages, held_by)
 
-
     def _homes(self, gm: torch.fx.GraphModule, planned: _Planned) -> dict[torch.fx.Node, int]:
         """Per backward node: the stage of the forward op it is the backward of (AOTAutograd
         gives both the autograd sequence number of that op, ``seq_nr``)."""
@@ -189,6 +190,13 @@ class TrainingGraph:
             for n in gm.graph.nodes
             if n.op == "call_function" and n.meta.get("seq_nr") in of_seq
         }
+
+
+def _first_line(exc: Exception) -> str:
+    """Our errors say what is wrong; any other names its type too."""
+    first = (str(exc).splitlines() or [""])[0]
+    known = (DoraError, ForwardError, LiftError, BackwardSplitError)
+    return first if isinstance(exc, known) else f"{type(exc).__name__}: {first}"
 
 
 def _forward_stages(compiled: CompiledModel, lifted: torch.fx.Graph) -> dict[str, int]:
