@@ -1,9 +1,9 @@
 """torch.compile(model, backend="dora"): outputs equal eager for the zoo and the Hugging Face
-models, graph breaks, new batch sizes, bad options, graphs dora cannot compile, autograd."""
+models, graph breaks, new batch sizes, bad options, graphs dora cannot compile, the distributed
+runtime (training: ``test_dynamo_training.py``)."""
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -79,43 +79,6 @@ def test_a_graph_break_gives_two_graphs_each_planned_or_run_locally_golden():
     assert text == golden.read_text(), f"explain_last() differs from {golden}"
 
 
-BATCH_NORM = {"cnn", "mobilenetv2", "resnet"}
-
-
-@pytest.mark.parametrize(
-    ("name", "microbatches"),
-    [(name, 1 if name in BATCH_NORM else 2) for name in sorted(models.MODELS)],
-)
-def test_training_through_the_backend_gives_eager_gradients(name, microbatches):
-    """Gradients of every parameter equal eager's through the planned stages (the backend's
-    stages use the model's own parameters), and an optimizer step reaches the stages. Batch
-    norm normalizes each microbatch on its own, so its models run one."""
-    model, example = models.build(name, batch=4)
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-    reference = copy.deepcopy(model)
-    options = _options(num_stages=2, min_flops=0, microbatches=microbatches)
-    fast = torch.compile(model, backend="dora", options=options)
-    for _ in range(2):  # the second call runs after an optimizer step on the model
-        _loss(fast(*example)).backward()
-        _loss(reference(*example)).backward()
-        for (key, ours), theirs in zip(model.named_parameters(), reference.parameters(), strict=True):
-            torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=key)
-        for m in (model, reference):
-            with torch.no_grad():
-                for p in m.parameters():
-                    p -= 0.01 * p.grad
-            m.zero_grad()
-    assert "planned over 2 stage(s)" in dora_fx.backend.explain_last()
-
-
-def _loss(output):
-    leaves = [t for t in pytree.tree_leaves(output) if isinstance(t, torch.Tensor)]
-    return sum((t.float() ** 2).mean() for t in leaves)
-
-
 def test_a_graph_dora_cannot_compile_runs_eagerly_with_a_warning(monkeypatch):
     from dora_fx.dynamo import graphs as module
 
@@ -147,6 +110,7 @@ def test_small_graphs_run_on_one_device_and_say_the_threshold():
         ({**_options(), "runtime": "gpu"}, r"option 'runtime' must be 'inprocess'.* got 'gpu'"),
         ({**_options(), "stages": 2}, r"unknown option\(s\) \['stages'\] for backend 'dora'"),
         ({**_options(), "min_flops": -1}, r"option 'min_flops' must be a non-negative number"),
+        ({**_options(), "aot": "yes"}, r"option 'aot' must be True \(default\).* got 'yes'"),
     ],
 )
 def test_bad_options_name_the_option_and_what_it_expects(options, match):

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..api import CompiledModel, compile
 from ..errors import DoraError
-from .lift import LiftedGraph, LiftError, lift
+from .lift import LiftedGraph, LiftError, graph_sources, lift
 from .options import BackendOptions
 
 __all__ = ["DoraBackend", "GraphRecord", "last_backend"]
@@ -46,6 +46,7 @@ class GraphRecord:
     reason: str = ""  # why it runs locally, when it does
     compile_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    backward: str | None = None  # how its backward runs, when AOTAutograd traced one
 
     def describe(self, min_flops: float) -> list[str]:
         head = f"graph {self.index}: {self.ops} ops, {_flops(self.flops)} at its example inputs"
@@ -58,6 +59,8 @@ class GraphRecord:
             lines += [
                 "    " + line for line in self.plan.splitlines() if not line.startswith("predicted")
             ]
+        if self.backward is not None:
+            lines.append(f"    {self.backward}")
         return lines + [f"    note: {n}" for n in self.notes]
 
 
@@ -68,6 +71,7 @@ class DoraBackend:
         self.options = options
         self.records: list[GraphRecord] = []
         self._sessions: list[Any] = []
+        self.training_graphs: list[Any] = []  # ``training.TrainingGraph`` per AOTAutograd graph
 
     def __call__(
         self, gm: torch.fx.GraphModule, example_inputs: list[Any], **_: Any
@@ -88,6 +92,8 @@ class DoraBackend:
                 "cost more time on the network than it saves)"
             )
             return gm.forward
+        if self._trains(example_inputs):
+            return self._train(gm, example_inputs, record)
         built: list[Callable[..., Any]] = []
 
         def run(*args: Any) -> Any:
@@ -99,12 +105,32 @@ class DoraBackend:
 
         return run
 
+    def _trains(self, example_inputs: list[Any]) -> bool:
+        """Whether the graph goes through AOTAutograd: in process, with ``aot`` on, autograd on
+        and an input (a weight, or the user's tensor) that needs a gradient."""
+        return (
+            self.options.aot
+            and self.options.runtime == "inprocess"
+            and torch.is_grad_enabled()
+            and any(isinstance(x, torch.Tensor) and x.requires_grad for x in example_inputs)
+        )
+
+    def _train(
+        self, gm: torch.fx.GraphModule, example_inputs: list[Any], record: GraphRecord
+    ) -> Callable[..., Any]:
+        from .training import TrainingGraph  # AOTAutograd's imports: only when training
+
+        record.backward = "backward: not run yet (it is cut on its first call)"
+        graph = TrainingGraph(self, record, graph_sources(gm))
+        self.training_graphs.append(graph)
+        return graph.compiler()(gm, example_inputs)
+
     def _build(
         self, gm: torch.fx.GraphModule, lifted: LiftedGraph, record: GraphRecord
     ) -> Callable[..., Any]:
         started = time.perf_counter()
         try:
-            compiled = self._compile(lifted)
+            compiled = self.compile_graph(lifted)
         except DoraError as exc:
             first = str(exc).splitlines()[0]
             record.reason = f"dora_fx could not compile it: {first}"
@@ -133,10 +159,21 @@ class DoraBackend:
             lines += record.describe(self.options.min_flops)
         return "\n".join(lines)
 
-    def _compile(self, lifted: LiftedGraph) -> CompiledModel:
+    def compile_graph(self, lifted: LiftedGraph, training: bool = False) -> CompiledModel:
+        """``dora_fx.compile`` of a lifted graph with this backend's options. ``training``:
+        AOTAutograd's forward, run as one microbatch (its saved tensors are whole-batch
+        outputs; some have no batch dim to join microbatches along)."""
         options = dict(self.options.compile_options)
         if any(dim == 1 for _, dim in lifted.dynamic_dims):
             options.setdefault("seq_dim", 1)
+        extra = []
+        if training and options.get("microbatches") not in (None, 1):
+            extra.append(
+                f"microbatches={options['microbatches']} ignored: a training graph's forward "
+                "runs as one microbatch (its backward is cut per stage, not per microbatch)"
+            )
+        if training:
+            options["microbatches"] = 1
         module = lifted.module.eval()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -147,6 +184,7 @@ class DoraBackend:
             )  # fmt: skip
         # e.g. a graph Dynamo specialized to one batch size: said in explain, not warned
         compiled.notes += [str(w.message) for w in caught if str(w.message) not in compiled.notes]
+        compiled.notes += extra
         return compiled
 
     def _session(self, compiled: CompiledModel, lifted: LiftedGraph) -> Callable[..., Any]:
@@ -192,8 +230,14 @@ def _ops(gm: torch.fx.GraphModule) -> int:
 
 
 def _count_flops(lifted: LiftedGraph) -> float:
+    """The graph's FLOPs, run once on its example inputs; buffers it updates in place (batch
+    norm's running statistics in training mode) are put back as they were."""
+    buffers = [b for b in lifted.module.buffers()]
+    kept = [b.clone() for b in buffers]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         lifted.module(*lifted.example_inputs)
+        for buffer, value in zip(buffers, kept, strict=True):
+            buffer.copy_(value)
     return float(counter.get_total_flops())
 
 

@@ -14,13 +14,14 @@ dynamic dimension 1 becomes ``seq_dim``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx
 
-__all__ = ["LiftedGraph", "LiftError", "lift"]
+__all__ = ["LiftedGraph", "LiftError", "graph_sources", "lift"]
 
 
 class LiftError(ValueError):
@@ -34,15 +35,20 @@ class LiftedGraph:
     user_positions: list[int]  # where those tensors sit among Dynamo's arguments
     example_inputs: tuple[torch.Tensor, ...]
     weights: dict[str, torch.Tensor] = field(default_factory=dict)  # attribute -> tensor
+    weight_positions: dict[int, str] = field(default_factory=dict)  # argument -> attribute
     dynamic_dims: set[tuple[int, int]] = field(default_factory=set)  # (user input, dim)
 
     def user_args(self, args: Any) -> list[Any]:
         return [args[i] for i in self.user_positions]
 
 
-def lift(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> LiftedGraph:
+def lift(
+    gm: torch.fx.GraphModule, example_inputs: Sequence[Any], sources: Sequence[Any] | None = None
+) -> LiftedGraph:
     """``gm`` (Dynamo's graph, called with ``example_inputs``) as a module of the user's
-    tensors (see the module doc)."""
+    tensors (see the module doc). ``sources``: what each input of ``gm`` is, as Dynamo's
+    ``graph_sources`` of its graph says (for a graph derived from Dynamo's with the same
+    inputs, e.g. AOTAutograd's forward); default: read off ``gm``'s placeholders."""
     graph = torch.fx.Graph()
     env: dict[torch.fx.Node, torch.fx.Node] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -55,8 +61,12 @@ def lift(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> LiftedGraph:
     sizes: list[tuple[torch.fx.Node, Any]] = []
     by_source: dict[str, torch.fx.Node] = {}
     examples = []
+    if sources is None:
+        sources = [_source(node) for node in placeholders]
+    elif len(sources) != len(placeholders):
+        raise LiftError(f"the graph has {len(placeholders)} inputs but {len(sources)} sources")
     for position, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True)):
-        source = _source(node)
+        source = sources[position]
         if isinstance(value, torch.SymInt | int):
             sizes.append((node, source))
         elif not isinstance(value, torch.Tensor):
@@ -70,6 +80,7 @@ def lift(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> LiftedGraph:
             attr = _attr_name(node.name, root)
             _register(root, attr, value)
             lifted.weights[attr] = value
+            lifted.weight_positions[position] = attr
             env[node] = graph.get_attr(attr)
     for node, source in sizes:
         env[node] = _size_of(graph, node, source, by_source, lifted)
@@ -97,6 +108,11 @@ def _size_of(
     user = [n for n in graph.nodes if n.op == "placeholder"].index(tensor)
     lifted.dynamic_dims.add((user, int(index)))
     return graph.call_function(torch.ops.aten.sym_size.int, (tensor, int(index)))
+
+
+def graph_sources(gm: torch.fx.GraphModule) -> list[Any]:
+    """Dynamo's source of each input of its graph ``gm`` (None where it recorded none)."""
+    return [_source(n) for n in gm.graph.nodes if n.op == "placeholder"]
 
 
 def _source(node: torch.fx.Node) -> Any:

@@ -31,6 +31,9 @@ OPTIONS = {
     "microbatches": "microbatches per call, as dora_fx.compile's microbatches",
     "plan": "a fixed plan (dora_fx.Plan or its text), as dora_fx.compile's plan",
     "max_blocks": "most blocks the partitioner sees, as dora_fx.compile's max_blocks",
+    "aot": "True (default): a graph called with autograd on and inputs that need gradients "
+    "goes through AOTAutograd, its backward cut at the forward's stages; False: the forward's "
+    "stages run under autograd, which records one backward",
 }
 _RUNTIMES = ("inprocess", "distributed")
 COMPILE_OPTIONS = ("num_stages", "microbatches", "plan", "max_blocks")
@@ -42,6 +45,7 @@ class BackendOptions:
     qoe: QoE = field(default_factory=QoE)
     runtime: str = "inprocess"
     min_flops: float = DEFAULT_MIN_FLOPS
+    aot: bool = True
     compile_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -65,6 +69,7 @@ class BackendOptions:
             qoe=_qoe(options.get("qoe")),
             runtime=_runtime(options.get("runtime", "inprocess")),
             min_flops=_min_flops(options.get("min_flops", DEFAULT_MIN_FLOPS)),
+            aot=_flag("aot", options.get("aot", True)),
             compile_options={k: options[k] for k in COMPILE_OPTIONS if k in options},
         )
         return parsed
@@ -92,6 +97,12 @@ def _runtime(value: Any) -> str:
     if value not in _RUNTIMES:
         raise BackendOptionError(f"option 'runtime' must be {OPTIONS['runtime']}, got {value!r}")
     return str(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise BackendOptionError(f"option {name!r} must be {OPTIONS[name]}, got {value!r}")
+    return value
 
 
 def _min_flops(value: Any) -> float:
