@@ -177,6 +177,20 @@ def kill_and_resume(host: Any, steps: int, batch: int, tmp: str) -> dict[str, An
     return {"lost_steps": lost_steps, "resumed_weight_rel_err": weight_err}
 
 
+def _peer_devices(model: Any, names: Any) -> list[str]:
+    """The cluster's devices in order, as many as the model has repeated layers to split
+    evenly (what a pipelining user can do with ``n // stages`` layers per stage)."""
+    from dora_fx.peers.pipelining import even_split_points
+
+    for k in range(len(names), 1, -1):
+        try:
+            even_split_points(model, k)
+            return list(names[:k])
+        except ValueError:
+            continue
+    return list(names[:2])
+
+
 def peer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
@@ -184,8 +198,9 @@ def peer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loss_fn = compiled.loss_fn
         model, _ = models.build(r["model"], "small", batch=len(r["target"]))
         without_dropout(model).train()
+        devices = _peer_devices(model, compiled.cluster.device_names)
         figures = peer_training_throughput(
-            model, r["inputs"], r["target"], compiled.cluster, loss_fn, steps=3,
+            model, r["inputs"], r["target"], compiled.cluster, loss_fn, steps=3, devices=devices,
         )  # fmt: skip
         out.append({**{k: r[k] for k in ("model", "scenario", "samples_per_s")}, "peer": figures})
     print("\n== peer: torch.distributed.pipelining training, same emulated cluster ==")
