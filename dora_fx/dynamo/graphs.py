@@ -20,7 +20,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,37 +30,9 @@ from ..api import CompiledModel, compile
 from ..errors import DoraError
 from .lift import LiftedGraph, LiftError, graph_sources, lift
 from .options import BackendOptions
+from .records import GraphRecord, flops_text
 
 __all__ = ["DoraBackend", "GraphRecord", "last_backend"]
-
-
-@dataclass
-class GraphRecord:
-    """One Dynamo graph as the backend handled it."""
-
-    index: int
-    ops: int  # call_function nodes of Dynamo's graph
-    flops: float  # at its example inputs (matmuls and convolutions: FlopCounterMode)
-    plan: str | None = None  # the plan's text, when planned
-    reason: str = ""  # why it runs locally, when it does
-    compile_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    backward: str | None = None  # how its backward runs, when AOTAutograd traced one
-
-    def describe(self, min_flops: float) -> list[str]:
-        head = f"graph {self.index}: {self.ops} ops, {_flops(self.flops)} at its example inputs"
-        if self.plan is None:
-            reason = self.reason or "no call has run the plan yet (it is made on the first)"
-            lines = [f"{head} -> runs on one device, as captured: {reason}"]
-        else:
-            stages = self.plan.count("\nstage ")
-            lines = [f"{head} -> planned over {stages} stage(s):"]
-            lines += [
-                "    " + line for line in self.plan.splitlines() if not line.startswith("predicted")
-            ]
-        if self.backward is not None:
-            lines.append(f"    {self.backward}")
-        return lines + [f"    note: {n}" for n in self.notes]
 
 
 class DoraBackend:
@@ -88,7 +59,7 @@ class DoraBackend:
         record.flops = _count_flops(lifted)
         if record.flops < self.options.min_flops:
             record.reason = (
-                f"{_flops(record.flops)} < min_flops {self.options.min_flops:g} (a cut would "
+                f"{flops_text(record.flops)} < min_flops {self.options.min_flops:g} (a cut would "
                 "cost more time on the network than it saves)"
             )
             return gm.forward
@@ -239,10 +210,3 @@ def _count_flops(lifted: LiftedGraph) -> float:
         for buffer, value in zip(buffers, kept, strict=True):
             buffer.copy_(value)
     return float(counter.get_total_flops())
-
-
-def _flops(flops: float) -> str:
-    for unit, scale in (("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3)):
-        if flops >= scale:
-            return f"{flops / scale:.3g} {unit}"
-    return f"{flops:.0f} FLOP"

@@ -37,7 +37,7 @@ from .backward import BackwardSplitError, SplitBackward, assign_stages, split_ba
 from .lift import LiftError, lift
 
 if TYPE_CHECKING:
-    from .graphs import DoraBackend, GraphRecord
+    from .records import GraphRecord
 
 __all__ = ["TrainingGraph", "ForwardError"]
 
@@ -63,7 +63,7 @@ class TrainingGraph:
     """One Dynamo graph under AOTAutograd, for ``DoraBackend`` (its options and records)."""
 
     def __init__(
-        self, backend: DoraBackend, record: GraphRecord, sources: Sequence[Any]
+        self, backend: Any, record: GraphRecord, sources: Sequence[Any]  # backend: graphs.DoraBackend
     ) -> None:
         self.backend, self.record, self.sources = backend, record, list(sources)
         self.planned: _Planned | None = None
