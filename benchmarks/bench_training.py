@@ -191,6 +191,11 @@ def _peer_devices(model: Any, names: Any) -> list[str]:
     return list(names[:2])
 
 
+def _peer_microbatches(batch: int, stages: int) -> int:
+    """The fewest equal microbatches 1F1B can run on ``stages`` stages (at least one each)."""
+    return next((m for m in range(stages, batch + 1) if batch % m == 0), batch)
+
+
 def peer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
@@ -201,6 +206,7 @@ def peer(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         devices = _peer_devices(model, compiled.cluster.device_names)
         figures = peer_training_throughput(
             model, r["inputs"], r["target"], compiled.cluster, loss_fn, steps=3, devices=devices,
+            microbatches=_peer_microbatches(len(r["target"]), len(devices)),
         )  # fmt: skip
         out.append({**{k: r[k] for k in ("model", "scenario", "samples_per_s")}, "peer": figures})
     print("\n== peer: torch.distributed.pipelining training, same emulated cluster ==")

@@ -83,7 +83,7 @@ def _run_rank(config: PeerConfig, rank: int, world_size: int) -> None:
             if rank == 0:
                 if r >= window:
                     completed.append(_take_token(tokens, last))
-                    _progress(config, len(completed), len(requests))
+                    write_progress(config, len(completed), len(requests))
                 # issued when the request ``window`` before it returned, as run_local counts
                 released.append(completed[r - window] if r >= window else start)
             out = _step(schedule, rank, last, request)
@@ -94,7 +94,7 @@ def _run_rank(config: PeerConfig, rank: int, world_size: int) -> None:
         if rank == 0:
             while len(completed) < len(requests):
                 completed.append(_take_token(tokens, last))
-                _progress(config, len(completed), len(requests))
+                write_progress(config, len(completed), len(requests))
     if emulation.shaper is not None:
         emulation.shaper.close(config.timeout_s)
     for work, _ in pending:
@@ -181,23 +181,30 @@ def _metrics(rank: int, device: str, emulation: _Emulation, scale: float) -> dic
     }
 
 
-def _progress(config: PeerConfig, done: int, total: int) -> None:
+def write_progress(config: Any, done: int, total: int) -> None:
+    """Tell the launcher how far the run is (``config.progress_path``, when it asks)."""
     if config.progress_path:
         with open(config.progress_path, "w") as handle:
             handle.write(f"{done} {total}\n")
 
 
-def main() -> int:
+def worker_main(prog: str, config_type: Any, run_rank: Any) -> int:
+    """A peer rank's entry point: ``--worker CONFIG_JSON`` read into ``config_type``, then
+    ``run_rank(config, rank, world)`` under the runtime's worker supervision."""
     import argparse
     import json
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="python -m dora_fx.peers.pipelining_rank")
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--worker", metavar="CONFIG_JSON", required=True)
     args = parser.parse_args()
     die_with_parent()
-    config = PeerConfig(**json.loads(Path(args.worker).read_text()))
-    return run_worker(lambda rank, world: _run_rank(config, rank, world), config.result_path)
+    config = config_type(**json.loads(Path(args.worker).read_text()))
+    return run_worker(lambda rank, world: run_rank(config, rank, world), config.result_path)
+
+
+def main() -> int:
+    return worker_main("dora_fx.peers.pipelining_rank", PeerConfig, _run_rank)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 
 from ..runtime.distributed.config import STARTUP_TIMEOUT_S
-from ..runtime.distributed.worker import die_with_parent, run_worker
 from .pipelining_config import PeerTrainConfig
+from .pipelining_rank import worker_main, write_progress
 from .pipelining_train_emulation import _TrainEmulation, start_train_emulation
 
 __all__ = ["main"]
@@ -107,7 +107,7 @@ def _run_rank(config: PeerTrainConfig, rank: int, world_size: int) -> None:
         losses.append(train(batch))
         ends.append(time.monotonic())
         if rank == 0:
-            _progress(config, k + 1, len(batches))
+            write_progress(config, k + 1, len(batches))
     emulation.finish()
     figures = {
         "rank": rank,
@@ -125,23 +125,8 @@ def _run_rank(config: PeerTrainConfig, rank: int, world_size: int) -> None:
     dist.barrier(group=control)
 
 
-def _progress(config: PeerTrainConfig, done: int, total: int) -> None:
-    if config.progress_path:
-        with open(config.progress_path, "w") as handle:
-            handle.write(f"{done} {total}\n")
-
-
 def main() -> int:
-    import argparse
-    import json
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(prog="python -m dora_fx.peers.pipelining_train_rank")
-    parser.add_argument("--worker", metavar="CONFIG_JSON", required=True)
-    args = parser.parse_args()
-    die_with_parent()
-    config = PeerTrainConfig(**json.loads(Path(args.worker).read_text()))
-    return run_worker(lambda rank, world: _run_rank(config, rank, world), config.result_path)
+    return worker_main("dora_fx.peers.pipelining_train_rank", PeerTrainConfig, _run_rank)
 
 
 if __name__ == "__main__":
