@@ -140,7 +140,7 @@ def test_a_killed_host_is_routed_around_with_nothing_lost_or_duplicated(tmp_path
     with shaped_for(cluster, 1.0, prefix="tlost") as testbed:
         executor = TestbedExecutor(
             testbed, folders, kill={"plan-a": ("bravo", 2)}, emulate=False, time_scale=1.0,
-            warmup=1, timeout_s=5.0, deadline_s=180, port=29640,
+            warmup=1, timeout_s=15.0, deadline_s=180, port=29640,
         )  # fmt: skip
         dispatcher = MultiPlanDispatcher(
             {"plan-a": ["alpha", "bravo"], "plan-b": ["alpha", "carol"]},

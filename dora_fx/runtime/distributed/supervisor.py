@@ -106,8 +106,9 @@ def _wait(
                 progress(int(text[0]), int(text[1]))
         time.sleep(0.05)
     if first_failure is not None:
+        codes = [p.poll() for p in procs]  # before kill_all: who a signal had killed already
         kill_all(procs)
-        raise _failure(first_failure[0], first_failure[1], table, run_dir)
+        raise _failure(first_failure[0], codes, table, run_dir)
 
 
 def _culprit_known(rank: int, code: int, run_dir: str) -> bool:
@@ -123,7 +124,11 @@ def _culprit_known(rank: int, code: int, run_dir: str) -> bool:
     return False
 
 
-def _failure(rank: int, code: int, table: list[Any], run_dir: str) -> RankFailedError:
+def _failure(
+    rank: int, codes: list[int | None], table: list[Any], run_dir: str
+) -> RankFailedError:
+    """The error of a run whose rank ``rank`` failed first (``codes``: every rank's exit
+    code then, ``None`` while it ran)."""
     reports = {}
     for info in table:
         path = Path(run_dir, f"failure_{info.rank}.json")
@@ -135,10 +140,10 @@ def _failure(rank: int, code: int, table: list[Any], run_dir: str) -> RankFailed
     while culprit in reports and reports[culprit].get("suspect_rank") not in (None, *seen):
         culprit = reports[culprit]["suspect_rank"]
         seen.add(culprit)
-    who = table[culprit].describe()
+    who, code = table[culprit].describe(), codes[culprit]
     if culprit in reports:
         message = f"{who} failed: {reports[culprit]['message']}"
-    elif culprit == rank and code < 0:
+    elif code is not None and code < 0:  # a peer that noticed may have exited first
         message = f"{who} died (killed by {signal.Signals(-code).name})"
     elif culprit == rank:
         message = f"{who} failed (exit code {code}): {_log_tail(run_dir, rank)}"
