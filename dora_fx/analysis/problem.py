@@ -34,7 +34,10 @@ class Block:
 
     Training (``cost_models.train_costs``, filled by annotate_costs / coarsen; zero in a block
     written for inference, where nothing reads them): ``backward_flops`` /
-    ``backward_dense_flops`` / ``backward_bytes`` the block's backward work,
+    ``backward_dense_flops`` / ``backward_bytes`` / ``backward_dense_bytes`` the block's
+    backward work (priced like the forward: one roofline per class when the dense bytes are
+    known), ``backward_ops`` its kernels (None: as many as ``ops``), ``grad_tensors`` the
+    trainable weights it reads (the optimizer step's tensors),
     ``activation_bytes`` what autograd keeps for it per batch (scaled by the rows a device
     holds), ``grad_bytes`` the gradients of its trainable weights.
     """
@@ -51,6 +54,9 @@ class Block:
     backward_flops: float = 0.0
     backward_dense_flops: float | None = None
     backward_bytes: float = 0.0
+    backward_dense_bytes: float | None = None
+    backward_ops: int | None = None
+    grad_tensors: int = 0
     activation_bytes: float = 0.0
     grad_bytes: float = 0.0
 
@@ -66,6 +72,10 @@ class Block:
     @property
     def dense(self) -> float:
         return self.flops if self.dense_flops is None else self.dense_flops
+
+    @property
+    def backward_kernels(self) -> int:
+        return self.ops if self.backward_ops is None else self.backward_ops
 
     @property
     def backward_dense(self) -> float:

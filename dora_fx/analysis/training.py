@@ -4,20 +4,22 @@ stages over ``m`` microbatches, under GPipe or 1F1B.
 Per microbatch, stage ``k``'s device ``d`` (share ``s_d`` of the batch, ``f = s_d / m``) runs
 its forward ``F_d`` (``analysis.work``: the inference roofline) and its backward ``B_d`` (the
 same roofline over the blocks' backward FLOPs and bytes, weight traffic fixed, the rest scaled
-by ``f``). Activations cross cut ``k`` down the pipeline (the routed slices of
+by ``f``; the last stage's with the loss, ``train_costs.loss_costs``). Activations cross cut ``k`` down the pipeline (the routed slices of
 ``analysis.work``) and their gradients, of the same size, cross it back over the reverse paths.
 
 * **iteration time**: the flow shop of ``m`` identical jobs through the steps
   ``input -> stage 0 -> cut 0 -> ... -> stage S-1``, each stage step ``max_d (F_d + B_d)`` and
   each cut step its activation transfer plus its gradient transfer::
 
-      T = sum_i p_i + (m - 1) * max(max_i p_i, R) + sum_k A_k
+      T = sum_i p_i + (m - 1) * max(max_i p_i, R) + sum_k (A_k + O_k)
 
   ``R`` the busiest resource per microbatch (a device's ``F + B``, a port or a shared medium's
   airtime of every activation and gradient, the medium's contention loss with 2+ flows), ``A_k``
   the ring all-reduce of stage ``k``'s gradients over its group (``cost_models.collectives``;
   after the pipeline drains, the stages' all-reduces one after the other: exact when they share
-  one medium, an upper bound otherwise). GPipe and 1F1B get the same closed form (1F1B only
+  one medium, an upper bound otherwise) and ``O_k`` its optimizer step on the group's slowest
+  device (``train_costs.optimizer_step_costs``; after its all-reduce, summed like them: an
+  upper bound, the simulator steps the stages at once). GPipe and 1F1B get the same closed form (1F1B only
   keeps fewer activations); the simulator (``sim.training``) tells them apart.
 * **memory** per device: weights + gradients + optimizer state of its stage (a data-parallel
   replica holds all three) + the activations autograd saves per microbatch
@@ -31,17 +33,19 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..cost_models.collectives import ring_allreduce_flows, ring_allreduce_s
+from ..cost_models.device import Device
 from ..cost_models.energy import EnergyBreakdown, energy_breakdown
 from ..cost_models.network import Network, Resource
-from ..cost_models.train_costs import optimizer_state_bytes
+from ..cost_models.train_costs import loss_costs, optimizer_state_bytes, optimizer_step_costs
 from ..errors import PlanError
 from ..ir.plan import Plan
 from .evaluate import Metrics, step_transfer_s
-from .problem import Problem, TrainingSpec
+from .problem import Block, Problem, TrainingSpec
 from .work import Transfer, plan_work, problem_sums
 
 __all__ = [
@@ -51,6 +55,7 @@ __all__ = [
     "TrainMetrics",
     "evaluate_training",
     "in_flight_count",
+    "loss_s",
     "splits_evenly",
     "train_work",
     "without_sink",
@@ -113,6 +118,7 @@ class TrainStageWork:
     grad_bytes: float
     inputs: tuple[Transfer, ...]  # activations into the stage (stage 0: from the source)
     allreduce_s: float
+    optimizer_s: float = 0.0  # one optimizer step, slowest device of the group
 
     @property
     def step_s(self) -> float:
@@ -164,29 +170,62 @@ def train_work(plan: Plan, problem: Problem, microbatches: int) -> TrainWork:
         b_flops = sum(b.backward_flops for b in part)
         b_dense = sum(b.backward_dense for b in part)
         b_bytes = sum(b.backward_bytes for b in part)
+        b_dense_bytes = _backward_dense_bytes(part)
         acts = sum(b.activation_bytes for b in part)
         grads = sum(b.grad_bytes for b in part)
         params = sums.span("params", stage.block_start, stage.block_stop)
-        ops = sums.span("ops", stage.block_start, stage.block_stop)
+        ops = sum(b.backward_kernels for b in part)
         fixed = min(params, b_bytes)
         backward, saved = [], []
         for name, share in zip(stage.devices, stage.shares, strict=True):
             f = share / m
             seconds = 0.0
             if b_flops > 0 or b_bytes > 0:
+                dense_b = None
+                if b_dense_bytes is not None:
+                    dense_fixed = min(params, b_dense_bytes)
+                    dense_b = dense_fixed + f * (b_dense_bytes - dense_fixed)
                 seconds = problem.cluster.device(name).block_time_s(
-                    f * b_flops, f * b_dense, fixed + f * (b_bytes - fixed), ops
+                    f * b_flops, f * b_dense, fixed + f * (b_bytes - fixed), ops, dense_b
                 )
+            if stage.block_stop == len(blocks):  # the loss, before the last stage's backward
+                seconds += loss_s(problem.cluster.device(name), f, blocks[-1].out_bytes)
             backward.append(seconds)
             saved.append(f * acts)
         allreduce = ring_allreduce_s(network, stage.devices, grads)
+        tensors = sum(b.grad_tensors for b in part)
+        optimizer_s = max(_optimizer_s(problem, name, grads, tensors) for name in stage.devices)
         stages.append(
             TrainStageWork(
                 stage.index, stage.devices, work.compute_s, tuple(backward), tuple(saved),
-                params, grads, work.inputs, allreduce,
+                params, grads, work.inputs, allreduce, optimizer_s,
             )  # fmt: skip
         )
     return TrainWork(tuple(stages), m, fwd.source)
+
+
+def loss_s(device: Device, share: float, output_bytes: float) -> float:
+    """The loss and its backward on ``share`` of a batch's ``output_bytes`` of outputs
+    (``train_costs.loss_costs``, priced by the roofline of its totals)."""
+    flops, moved, kernels = loss_costs(share * output_bytes)
+    return device.block_time_s(flops, 0.0, moved, kernels) if kernels else 0.0
+
+
+def _optimizer_s(problem: Problem, device: str, grad_bytes: float, tensors: int) -> float:
+    """One optimizer step over a stage's trainable weights on ``device``
+    (``train_costs.optimizer_step_costs``, priced by the roofline of its totals)."""
+    if grad_bytes <= 0:
+        return 0.0
+    flops, moved, kernels = optimizer_step_costs(training_spec(problem).optimizer, grad_bytes, tensors)
+    return problem.cluster.device(device).block_time_s(flops, 0.0, moved, kernels)
+
+
+def _backward_dense_bytes(blocks: Sequence[Block]) -> float | None:
+    """The blocks' backward bytes moved by dense nodes; None when a block does not say (the
+    backward is then priced with one roofline of its totals)."""
+    values = [b.backward_dense_bytes for b in blocks]
+    known = [v for v in values if v is not None]
+    return sum(known) if len(known) == len(values) else None
 
 
 @dataclass(frozen=True)
@@ -208,6 +247,7 @@ class TrainMetrics:
     bottleneck: str
     energy: EnergyBreakdown = field(default_factory=EnergyBreakdown)
     over_memory: tuple[str, ...] = ()
+    optimizer_s: tuple[float, ...] = ()  # per stage: one optimizer step
 
     @property
     def samples_per_s(self) -> float:
@@ -247,6 +287,7 @@ class TrainMetrics:
             "stage_backward_s": list(self.stage_backward_s),
             "transfer_s": list(self.transfer_s),
             "allreduce_s": list(self.allreduce_s),
+            "optimizer_s": list(self.optimizer_s),
             "memory": {d: p.to_json() for d, p in self.memory.items()},
             "memory_ok": self.memory_ok,
             "bottleneck": self.bottleneck,
@@ -311,7 +352,10 @@ def evaluate_training(
     occupancy.update(_resource_busy(network, moving))
     bottleneck = max(occupancy, key=lambda key: occupancy[key])
     allreduce = tuple(s.allreduce_s for s in work.stages)
-    iteration = sum(steps) + (m - 1) * max(max(held), occupancy[bottleneck]) + sum(allreduce)
+    optimizer = tuple(s.optimizer_s for s in work.stages)
+    iteration = (
+        sum(steps) + (m - 1) * max(max(held), occupancy[bottleneck]) + sum(allreduce) + sum(optimizer)
+    )
 
     memory: dict[str, MemoryParts] = {}
     for k, stage in enumerate(work.stages):
@@ -332,6 +376,9 @@ def evaluate_training(
     for stage in work.stages:
         transfers += ring_allreduce_flows(stage.devices, stage.grad_bytes)
     busy = {d: m * s for d, s in busy_mb.items()}
+    for stage in work.stages:
+        for name in stage.devices:
+            busy[name] += stage.optimizer_s
     energy = energy_breakdown(problem.cluster, busy, iteration, transfers)
     return TrainMetrics(
         iteration_s=iteration,
@@ -343,6 +390,7 @@ def evaluate_training(
         stage_backward_s=tuple(max(s.backward_s) for s in work.stages),
         transfer_s=tuple(transfer_s),
         allreduce_s=allreduce,
+        optimizer_s=optimizer,
         memory=memory,
         memory_ok=not over,
         busy_s=busy,

@@ -24,7 +24,8 @@ class NodeCost:
     kernel runs slower: ``Device.misaligned_dense_efficiency``), else 0.
 
     Training (``cost_models.train_costs``; zero for a node with nothing to differentiate):
-    ``backward_flops`` and ``backward_bytes`` of the node's backward, ``grad_bytes`` the
+    ``backward_flops`` and ``backward_bytes`` of the node's backward, ``backward_ops`` the
+    kernels it launches (for the per-op overhead), ``grad_bytes`` the
     gradient a trainable weight (a ``get_attr`` of a parameter) gets. What the node saves for
     its backward is ``node.meta[SAVED_KEY]``: the nodes whose outputs autograd keeps.
     """
@@ -38,4 +39,5 @@ class NodeCost:
     misaligned_flops: sympy.Expr = sympy.Integer(0)
     backward_flops: sympy.Expr = sympy.Integer(0)
     backward_bytes: sympy.Expr = sympy.Integer(0)
+    backward_ops: int = 0
     grad_bytes: sympy.Expr = sympy.Integer(0)

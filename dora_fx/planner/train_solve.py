@@ -121,7 +121,7 @@ def _time_search(d: Dense, tt: TrainTables, incumbent: float = math.inf) -> tupl
     The sweep stops once ``S(t) + (m - 1) tau_0``, a bound on every plan left, cannot beat the
     best found (``incumbent``: the best iteration at another count, or a path's estimate)."""
     m = tt.microbatches
-    ar = tt.allreduce_s
+    ar = tt.update_s
     port = np.maximum(d.move_port_s, d.move_first_up_s)
     tau_dp = _dp(d, d.compute_s, np.where(np.isfinite(d.move_s), port, np.inf), d.scatter_port_s, "max")
     tau0 = float(tau_dp.value.min())
@@ -171,7 +171,7 @@ def _energy_search(d: Dense, tt: TrainTables) -> tuple[list[Stages], float]:
     """Candidates and the energy bound: for each idle level ``alpha`` the DP of
     ``m (Eb + radio) + alpha L`` per final usage; with ``T >= L + (m - 1) tau_0`` a usage that
     idles at ``>= alpha`` spends at least that plus ``alpha (m - 1) tau_0``."""
-    m, ar = tt.microbatches, tt.allreduce_s
+    m, ar = tt.microbatches, tt.update_s
     port = np.maximum(d.move_port_s, d.move_first_up_s)
     tau_dp = _dp(d, d.compute_s, np.where(np.isfinite(d.move_s), port, np.inf), d.scatter_port_s, "max")
     tau0 = float(tau_dp.value.min())
@@ -220,7 +220,7 @@ def _path_estimate(d: Dense, tt: TrainTables, stages: Stages) -> float:
     total = d.scatter_s[first]
     terms = [d.scatter_port_s[first]]
     for k, (a, b, g) in enumerate(stages):
-        total += d.compute_s[g, a, b] + tt.allreduce_s[g, a, b]
+        total += d.compute_s[g, a, b] + tt.update_s[g, a, b]
         terms.append(d.compute_s[g, a, b])
         if k + 1 < len(stages):
             g2 = stages[k + 1][2]

@@ -2,16 +2,18 @@
 (``tables``, ``dp.dense``) with every term made a training iteration's, per microbatch.
 
 * option ``(g, a, b)``: ``C = max_d (F_d + B_d)`` with ``F``, ``B`` the roofline times of
-  device ``d``'s share ``s_d / m`` of the blocks' forward and backward work (exactly
-  ``analysis.training.train_work``), busy energy ``sum_d (P_busy - P_idle)(F_d + B_d)``; it
+  device ``d``'s share ``s_d / m`` of the blocks' forward and backward work, the loss's in
+  ``B`` of a range that ends the model (exactly ``analysis.training.train_work``), busy energy ``sum_d (P_busy - P_idle)(F_d + B_d)``; it
   exists when the device's training memory fits with one microbatch in flight
   (``fits_any``: a relaxation, every plan's stages pass it) and is marked ``fits_all`` when it
   fits with ``m`` in flight (GPipe's count, the most 1F1B ever holds);
 * transition over cut ``j``: the activation's transfer (``bytes_j / m``) plus its gradient's
   over the reverse routes: step times and airtime, flows and radio add; the port term is the
   larger of the two directions' busiest port (a lower bound on the combined busiest port);
-* the all-reduce of an option's gradients over its group, ``A[g, a, b]``: the ring all-reduce
-  is affine in the bytes (``cost_models.collectives``), one coefficient pair per group.
+* the weight update of an option, ``U[g, a, b]``: the ring all-reduce of its gradients over
+  its group, affine in the bytes (``cost_models.collectives``, one coefficient pair per
+  group), plus the optimizer step on the group's slowest device (exactly
+  ``analysis.training``'s ``A_k + O_k``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..analysis.problem import Problem
-from ..analysis.training import training_spec, without_sink
+from ..analysis.training import loss_s, training_spec, without_sink
 from ..analysis.work import _route
 from ..cost_models.collectives import ring_allreduce_s
-from ..cost_models.train_costs import OPTIMIZERS
+from ..cost_models.train_costs import OPTIMIZERS, optimizer_step_costs
 from .dp import Dense, dense
 from .space import PlanSpace
 from .tables import FlowTerms, Tables, _device_time_s, _flow_terms, _prefix, _span, build_tables
@@ -45,6 +47,7 @@ class TrainBase:
     state: np.ndarray  # [a, b] weights + grads + optimizer state
     grads: np.ndarray  # [a, b]
     ring: np.ndarray  # [G, 2]: all-reduce seconds = ring[g, 0] + ring[g, 1] * bytes
+    optimizer: np.ndarray  # [G, a, b]: one optimizer step, slowest device of the group
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class TrainTables:
     microbatches: int
     d: Dense  # per-microbatch terms (compute_s inf where memory does not fit one microbatch)
     fits_all: np.ndarray  # [G, a, b]: fits with ``microbatches`` in flight
-    allreduce_s: np.ndarray  # [G, a, b]
+    update_s: np.ndarray  # [G, a, b]: all-reduce + optimizer step after the drain
 
 
 def train_base(problem: Problem, space: PlanSpace) -> TrainBase:
@@ -85,8 +88,10 @@ def train_base(problem: Problem, space: PlanSpace) -> TrainBase:
         "dense": _span(_prefix([b.backward_dense for b in blocks])),
         "bytes": _span(_prefix([b.backward_bytes for b in blocks])),
         "params": sums["params"],
-        "ops": sums["ops"],
+        "ops": _span(_prefix([float(b.backward_kernels) for b in blocks])),
     }
+    if all(b.backward_dense_bytes is not None for b in blocks):
+        back_sums["dense_bytes"] = _span(_prefix([b.backward_dense_bytes for b in blocks]))  # type: ignore[misc]
     grads = _span(_prefix([b.grad_bytes for b in blocks]))
     state = sums["params"] + grads * (1.0 + OPTIMIZERS[spec.optimizer])
     ring = np.zeros((len(space.groups), 2))
@@ -95,6 +100,12 @@ def train_base(problem: Problem, space: PlanSpace) -> TrainBase:
         if len(devices) > 1:
             at0 = ring_allreduce_s(network, devices, 1e-9)
             ring[gi] = (at0, (ring_allreduce_s(network, devices, 1e9) - at0) / 1e9)
+    tensors = _span(_prefix([float(b.grad_tensors) for b in blocks]))
+    optimizer = np.zeros((len(space.groups), *grads.shape))
+    for gi, group in enumerate(space.groups):
+        for name in space.devices_of(group):
+            step = _optimizer_s(problem.cluster.device(name), spec.optimizer, grads, tensors)
+            optimizer[gi] = np.maximum(optimizer[gi], step)
     return TrainBase(
         tables=tables,
         back=replace(tables, moves=back),
@@ -104,6 +115,7 @@ def train_base(problem: Problem, space: PlanSpace) -> TrainBase:
         state=state,
         grads=grads,
         ring=ring,
+        optimizer=optimizer,
     )
 
 
@@ -127,6 +139,7 @@ def train_tables(problem: Problem, space: PlanSpace, base: TrainBase, microbatch
             device = problem.cluster.device(name)
             f = share / m
             t = _device_time_s(device, f, base.sums) + _backward_s(device, f, base.back_sums)
+            t[:, n] += loss_s(device, f, problem.blocks[-1].out_bytes)  # the last stage's
             compute = np.maximum(compute, t)
             energy += (device.busy_power_w - device.idle_power_w) * t
             fit_one &= base.state + f * base.acts <= device.memory_bytes
@@ -135,6 +148,7 @@ def train_tables(problem: Problem, space: PlanSpace, base: TrainBase, microbatch
         energy_full[gi] = energy
         fits_all[gi] = fit_all
         allreduce[gi] = base.ring[gi, 0] * (base.grads > 0) + base.ring[gi, 1] * base.grads
+        allreduce[gi] += base.optimizer[gi]
     options = replace(base.tables.options, compute_full=compute_full, energy_full=energy_full)
     cut, x_in = base.tables.cut_bytes / m, base.tables.input_bytes / m
     fwd = dense(replace(base.tables, options=options, cut_bytes=cut, input_bytes=x_in))
@@ -150,19 +164,21 @@ def train_tables(problem: Problem, space: PlanSpace, base: TrainBase, microbatch
     return TrainTables(m, d, fits_all, allreduce)
 
 
-def _backward_s(device, share: float, sums: dict[str, np.ndarray]) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """The backward's roofline time (``analysis.training``: one roofline of the totals, no
-    per-op overhead counted twice when there is no backward work)."""
-    flops, dense_f, moved = sums["flops"], sums["dense"], sums["bytes"]
-    fixed = np.minimum(sums["params"], moved)
-    bytes_moved = fixed + share * (moved - fixed)
-    other = np.maximum(share * flops - share * dense_f, 0.0)
+def _optimizer_s(device, optimizer: str, grads: np.ndarray, tensors: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """``analysis.training._optimizer_s`` of every range: the roofline of the step's totals."""
+    flops, moved, kernels = optimizer_step_costs(optimizer, grads, tensors)  # type: ignore[arg-type]
     compute = np.maximum(
-        share * dense_f / device.sustained_dense_flops_per_s
-        + other / device.sustained_other_flops_per_s,
-        bytes_moved / device.sustained_bandwidth_bytes_per_s,
+        flops / device.sustained_other_flops_per_s, moved / device.sustained_bandwidth_bytes_per_s
     )
+    out: np.ndarray = np.where(grads > 0, kernels * device.op_overhead_s + compute, 0.0)
+    return out
+
+
+def _backward_s(device, share: float, sums: dict[str, np.ndarray]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The backward's roofline time, priced as the forward (``_device_time_s``: one roofline
+    per class when the dense bytes are known, as ``analysis.training``), no per-op overhead
+    where a range has no backward work."""
     out: np.ndarray = np.where(
-        (flops > 0) | (moved > 0), sums["ops"] * device.op_overhead_s + compute, 0.0
+        (sums["flops"] > 0) | (sums["bytes"] > 0), _device_time_s(device, share, sums), 0.0
     )
     return out

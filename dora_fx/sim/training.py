@@ -9,7 +9,8 @@ its transfer time less the path latency, and arrives after its full transfer tim
 (``analysis.evaluate.step_transfer_s``; it does not block the sender); a ``RECV`` / ``GRECV``
 waits for the arrival. Stage 0's forward of microbatch ``j`` waits for its input, sent from
 the source one microbatch after another. ``REDUCE`` runs the ring all-reduce of the stage's
-gradients (``cost_models.collectives``) on its group's network resources.
+gradients (``cost_models.collectives``) on its group's network resources, then the stage's
+optimizer step on its devices (every stage's at once: ``evaluate_training`` sums them).
 
 The next action executed is always the one that can start earliest (a blocked receive waits
 until its message is sent), so resources are granted first come, first served. On a chain
@@ -163,6 +164,10 @@ def simulate_training(
                 start = sim.occupy(_resources(network, flows), t, hold, hold)
                 clock[k] = start + hold
                 sim.timeline.append((k, "REDUCE", start, clock[k]))
+            if stage.optimizer_s > 0:  # the weight update, after the gradients are whole
+                start = sim.occupy(devices[k], max(t, clock[k]), stage.optimizer_s, stage.optimizer_s)
+                clock[k] = start + stage.optimizer_s
+                sim.timeline.append((k, "OPTIMIZER", start, clock[k]))
         # RECV / GRECV: the clock moved to the arrival in ready()
         else:
             clock[k] = t
@@ -177,7 +182,7 @@ def simulate_training(
     busy_s: dict[str, float] = {}
     for stage in work.stages:
         for name, f, b in zip(stage.devices, stage.forward_s, stage.backward_s, strict=True):
-            busy_s[name] = busy_s.get(name, 0.0) + m * (f + b)
+            busy_s[name] = busy_s.get(name, 0.0) + m * (f + b) + stage.optimizer_s
     transfers = []
     for k, stage in enumerate(work.stages):
         transfers += [(x.src, x.dst, m * x.nbytes) for x in (*stage.inputs, *work.gradients(k))]

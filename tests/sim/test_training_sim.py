@@ -35,7 +35,11 @@ def test_gpipe_simulation_equals_the_closed_form_on_a_uniform_chain(m: int) -> N
     plan = _chain_plan(4, problem.cluster.device_names)
     closed = evaluate_training(plan, problem, microbatches=m, schedule="gpipe")
     simulated = simulate_training(plan, problem, microbatches=m, schedule="gpipe")
-    assert simulated.iteration_s == pytest.approx(closed.iteration_s, rel=1e-9)
+    # the closed form sums the stages' optimizer steps (a bound); the simulator overlaps them
+    # with the backward still running upstream, so only the first stage's is on its path
+    assert all(s > 0 for s in closed.optimizer_s)
+    overlapped = closed.iteration_s - sum(closed.optimizer_s) + closed.optimizer_s[0]
+    assert simulated.iteration_s == pytest.approx(overlapped, rel=1e-9)
     assert simulated.peak_in_flight == (m,) * 4
 
 
@@ -47,7 +51,8 @@ def test_1f1b_simulation_is_close_to_the_closed_form_and_holds_less(m: int) -> N
     one = simulate_training(plan, problem, microbatches=m, schedule="1f1b")
     gpipe = simulate_training(plan, problem, microbatches=m, schedule="gpipe")
     # the steady state's alternation waits on each cut's transfer: within 3% here
-    assert one.iteration_s == pytest.approx(closed.iteration_s, rel=0.03)
+    overlapped = closed.iteration_s - sum(closed.optimizer_s) + closed.optimizer_s[0]
+    assert one.iteration_s == pytest.approx(overlapped, rel=0.03)
     assert one.peak_in_flight == tuple(min(m, 4 - k) for k in range(4))
     if m > 1:
         assert sum(one.peak_memory_bytes.values()) < sum(gpipe.peak_memory_bytes.values())

@@ -41,10 +41,13 @@ class SymBlock:
     out_bytes: sympy.Expr  # live tensors crossing the cut after this block (last: the outputs)
     param_bytes: sympy.Expr
     ops: int  # nodes that cost time (views and shape queries are free)
+    backward_ops: int  # kernels the backward launches (train_costs.backward_kernels)
+    grad_tensors: int  # trainable weights read (the optimizer's tensors)
     # training (annotate_backward): backward work, activations autograd saves, weight gradients
     backward_flops: sympy.Expr = ZERO
     backward_dense_flops: sympy.Expr = ZERO
     backward_bytes: sympy.Expr = ZERO
+    backward_dense_bytes: sympy.Expr = ZERO
     activation_bytes: sympy.Expr = ZERO
     grad_bytes: sympy.Expr = ZERO
 
@@ -60,7 +63,7 @@ class BlockChain:
         fields = (
             "flops", "dense_flops", "bytes_moved", "out_bytes", "param_bytes", "dense_bytes",
             "misaligned_flops", "backward_flops", "backward_dense_flops", "backward_bytes",
-            "activation_bytes", "grad_bytes",
+            "activation_bytes", "grad_bytes", "backward_dense_bytes",
         )  # fmt: skip
         exprs = [getattr(b, f) for b in self.blocks for f in fields] + [self.input_bytes]
         self._evaluate = compile_costs(exprs, self.symbols)
@@ -68,15 +71,16 @@ class BlockChain:
     def at(self, batch: int, seq: int = 1) -> tuple[list[Block], float]:
         """Numeric blocks (and input bytes) at a batch size: one compiled call."""
         values = self._evaluate(batch, seq)
-        rows = values[:-1].reshape(len(self.blocks), 12)
+        rows = values[:-1].reshape(len(self.blocks), 13)
         blocks = [
             Block(
                 flops=float(row[0]), dense_flops=float(row[1]), bytes=float(row[2]),
                 out_bytes=float(row[3]), param_bytes=float(row[4]), dense_bytes=float(row[5]),
                 misaligned_flops=float(row[6]), ops=b.ops, name=b.name,
+                backward_ops=b.backward_ops, grad_tensors=b.grad_tensors,
                 backward_flops=float(row[7]), backward_dense_flops=float(row[8]),
                 backward_bytes=float(row[9]), activation_bytes=float(row[10]),
-                grad_bytes=float(row[11]),
+                grad_bytes=float(row[11]), backward_dense_bytes=float(row[12]),
             )
             for b, row in zip(self.blocks, rows)
         ]
@@ -208,9 +212,12 @@ def _make_block(
         out_bytes=sum((v.meta[COST_KEY].output_bytes for v in live), ZERO),
         param_bytes=sum((w.meta[COST_KEY].output_bytes for w in weights), ZERO),
         ops=sum(c.op_class != "view" for c in costs),
+        backward_ops=sum(c.backward_ops for c in costs),
+        grad_tensors=sum(w.meta[COST_KEY].grad_bytes != 0 for w in weights),
         backward_flops=sum((c.backward_flops for c in costs), ZERO),
         backward_dense_flops=sum((c.backward_flops for c in costs if c.op_class == "dense"), ZERO),
         backward_bytes=sum((c.backward_bytes for c in costs), ZERO),
+        backward_dense_bytes=sum((c.backward_bytes for c in costs if c.op_class == "dense"), ZERO),
         activation_bytes=sum((s.meta[COST_KEY].output_bytes for s in saved), ZERO),
         grad_bytes=sum((w.meta[COST_KEY].grad_bytes for w in weights), ZERO),
     )
