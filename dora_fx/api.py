@@ -16,6 +16,7 @@ from .compiler.pipeline import run_passes
 from .compiler.state import CompileState
 from .cost_models.cluster import Cluster, as_cluster
 from .cost_models.device import Device
+from .cost_models.train_costs import OPTIMIZERS
 from .errors import InputError, PlanError, QoEError
 from .explain import adapter_for, explain_state
 from .ir.plan import Plan
@@ -50,6 +51,7 @@ def compile(
     mode: str | None = None,
     loss_fn: LossFn | None = None,
     share_weights: bool = False,
+    optimizer: str = "adamw",
 ) -> CompiledModel:
     """Partition ``model`` across ``devices`` to meet ``qoe``.
 
@@ -64,8 +66,15 @@ def compile(
     is in); ``loss_fn(output, target)``: the loss ``train_step`` applies per microbatch.
     ``share_weights``: the stages use the model's own parameters and buffers instead of
     copies (what an optimizer steps, and batch norm updates, is then the model's).
+    ``optimizer``: what a training plan budgets the optimizer's state and step for
+    (``"adamw"``, ``"adam"``, ``"sgd"``, ``"sgd-momentum"``); plan for the one you train with.
     """
     training = _training_mode(model, mode, loss_fn)
+    if optimizer not in OPTIMIZERS:
+        raise InputError(
+            f"optimizer={optimizer!r} is not one the planner knows; pick one of "
+            f"{sorted(OPTIMIZERS)} (the closest in state and step cost to yours)"
+        )
     cluster, assumed_network = as_cluster(devices)
     if qoe is None:
         qoe = QoE()
@@ -83,6 +92,7 @@ def compile(
         given_plan=Plan.from_text(plan) if isinstance(plan, str) else plan,
         microbatches=microbatches,
         for_training=mode == "train",
+        optimizer=optimizer,
     )
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):  # anything else: capture says what it needs
@@ -162,7 +172,8 @@ class CompiledModel(LocalPipeline):
         self.notes = notes + state.captured.notes
         self.loss_fn = loss_fn
         self.memory: list[StageMemory] = []  # training memory per device (train mode)
-        self.optimizer = "adamw"
+        self.optimizer = state.optimizer
+        self.memory_schedule = "1f1b"  # the policy the training memory was counted under
         model_state = state.model.state_dict(keep_vars=True)
         attrs = state.captured.attr_sources
         self.weights = StageWeights(state.stages, attrs, model_state, share_weights)
@@ -204,17 +215,21 @@ class CompiledModel(LocalPipeline):
     def explain(self, batch: int | None = None) -> str:
         text = explain_state(self.state, self.notes, batch)
         if self.memory:
-            lines = [f"training memory per device (1F1B, {self.optimizer}, batch {self.qoe.batch}):"]
+            policy = "GPipe" if self.memory_schedule == "gpipe" else "1F1B"
+            lines = [f"training memory per device ({policy}, {self.optimizer}, batch {self.qoe.batch}):"]
             text += "\n" + "\n".join(lines + ["  " + m.describe() for m in self.memory])
         return text
 
-    def check_training_memory(self, optimizer: str = "adamw") -> list[StageMemory]:
-        """Each device's training memory (weights, gradients, ``optimizer``'s state and the
-        activations in flight under 1F1B; ``runtime.train_memory``), kept for explain();
+    def check_training_memory(self, optimizer: str | None = None) -> list[StageMemory]:
+        """Each device's training memory (weights, gradients, ``optimizer``'s state (default:
+        the one compiled for) and the activations in flight under the planned schedule policy,
+        1F1B when the stages were pinned; ``runtime.train_memory``), kept for explain();
         ``InfeasibleQoEError`` names a device it does not fit."""
+        optimizer = optimizer or self.state.optimizer
+        schedule = self.state.training.schedule if self.state.training else "1f1b"
         flat = self.call.flatten(tuple(self.state.example_inputs), self.state.example_kwargs)
-        self.memory = training_memory(self, flat, self.cluster, self.qoe.batch, optimizer)
-        self.optimizer = optimizer
+        self.memory = training_memory(self, flat, self.cluster, self.qoe.batch, optimizer, schedule)
+        self.optimizer, self.memory_schedule = optimizer, schedule
         check_fits(self.memory, optimizer)
         return self.memory
 

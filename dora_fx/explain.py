@@ -106,7 +106,7 @@ def explain_state(state: CompileState, notes: list[str], batch: int | None = Non
 def training_lines(state: CompileState) -> list[str]:
     """The training iteration the plan is predicted to run: the schedule policy and microbatch
     count, iteration time (closed form and simulated), energy per iteration, each stage's
-    forward / backward / all-reduce, and each device's memory by part."""
+    forward / backward / all-reduce / optimizer step, and each device's memory by part."""
     from .analysis.training import training_spec
     from .sim.training import simulate_training
 
@@ -119,13 +119,17 @@ def training_lines(state: CompileState) -> list[str]:
         f"(simulated {1e3 * sim.iteration_s:.1f} ms), {t.batch / sim.iteration_s:.1f} samples/s, "
         f"{t.energy_j:.3g} J per iteration; bottleneck {t.bottleneck}"
     ]
+    optimizer_s = t.optimizer_s or (0.0,) * len(t.allreduce_s)
     rows = [
-        [str(k), ",".join(stage.devices), f"{1e3 * f:.2f}", f"{1e3 * b:.2f}", f"{1e3 * a:.2f}"]
-        for k, (stage, f, b, a) in enumerate(
-            zip(state.plan.stages, t.stage_forward_s, t.stage_backward_s, t.allreduce_s)
+        [str(k), ",".join(stage.devices), f"{1e3 * f:.2f}", f"{1e3 * b:.2f}", f"{1e3 * a:.2f}",
+         f"{1e3 * o:.2f}"]
+        for k, (stage, f, b, a, o) in enumerate(
+            zip(state.plan.stages, t.stage_forward_s, t.stage_backward_s, t.allreduce_s, optimizer_s)
         )
-    ]
-    lines.append(format_table(["stage", "devices", "fwd ms/mb", "bwd ms/mb", "all-reduce ms"], rows))
+    ]  # fmt: skip
+    header = ["stage", "devices", "fwd ms/mb", "bwd ms/mb", "all-reduce ms", "optimizer ms"]
+    lines.append(format_table(header, rows))
+    lines.append("  (bwd of the last stage includes the loss, priced as a softmax cross-entropy)")
     rows = []
     for device, parts in t.memory.items():
         limit = problem.cluster.device(device).memory_bytes
@@ -176,8 +180,9 @@ def _scheduled_lines(state: CompileState, config: SimConfig) -> list[str]:
         f"(one request, idle cluster), throughput {choice.metrics.throughput_rps:.4g} req/s "
         f"(pipeline full), energy {choice.metrics.energy_j:.4g} J/request"
     ]  # fmt: skip
+    what = "predicted for inference, the forward alone" if state.for_training else "predicted"
     lines = [
-        f"predicted ({config.requests} simulated requests, {load}, {schedule.header()}):",
+        f"{what} ({config.requests} simulated requests, {load}, {schedule.header()}):",
         f"  latency   p50 {result.latency_p50_s * 1e3:.2f} ms, p95 {result.latency_p95_s * 1e3:.2f} ms "
         f"(analytic, idle cluster: {analytic.latency_s * 1e3:.2f} ms)",
         f"  throughput {result.throughput_rps:.4g} req/s (analytic capacity "

@@ -189,3 +189,15 @@ def test_training_memory_that_fits_no_device_is_refused_naming_it_and_the_bytes(
                        r"\+ grads .* \+ optimizer .* \+ activations .* in flight\) = .* KiB of"):  # fmt: skip
         dora_fx.compile(copy.deepcopy(model), tight, dora_fx.QoE(batch=4), example_inputs=example,
                         mode="train", loss_fn=loss_fn, num_stages=2)  # fmt: skip
+
+
+def test_the_plan_budgets_the_optimizer_it_is_told():
+    model, example, _ = _setup("mlp")
+    roomy = dora_fx.Cluster(tuple(dora_fx.Device(n, 1e11) for n in ("a", "b")))
+    compiled = dora_fx.compile(copy.deepcopy(model), roomy, dora_fx.QoE(batch=4), example_inputs=example,
+                               mode="train", loss_fn=loss_fn, num_stages=2, optimizer="sgd")  # fmt: skip
+    assert all(m.optimizer == 0 for m in compiled.memory)  # plain SGD keeps no state
+    assert compiled.state.problem.training.optimizer == "sgd"
+    with pytest.raises(dora_fx.InputError, match=r"optimizer='lion' is not one the planner knows"):
+        dora_fx.compile(copy.deepcopy(model), roomy, example_inputs=example, mode="train",
+                        loss_fn=loss_fn, optimizer="lion")  # fmt: skip

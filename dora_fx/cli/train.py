@@ -83,8 +83,8 @@ def run_train(args: argparse.Namespace) -> int:
     compiled = compile(
         model, SCENARIOS[args.scenario](), qoe, example_inputs=inputs, mode="train",
         loss_fn=loss_fn, num_stages=args.num_stages, microbatches=args.microbatches,
+        optimizer=args.optimizer,  # its state and step are what the plan budgets
     )  # fmt: skip
-    compiled.check_training_memory(args.optimizer)  # the optimizer's state is what we run
     print(compiled.explain())
     make_optimizer = _optimizer(args.optimizer, args.lr)
     if args.distributed:

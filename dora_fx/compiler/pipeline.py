@@ -71,9 +71,11 @@ def _coarsen(state: CompileState) -> None:
 def _partition(state: CompileState) -> None:
     assert state.chain is not None and state.cluster is not None
     blocks, input_bytes = state.chain.at(state.qoe.batch)
-    # a training compile plans a training problem: backward costs, training memory (AdamW's
-    # state, as runtime.train_memory's measured check assumes), iteration time
-    training = TrainingSpec("adamw", microbatches=state.microbatches) if state.for_training else None
+    # a training compile plans a training problem: backward costs, training memory (the
+    # optimizer's state, AdamW's unless compile was told), the optimizer step, iteration time
+    training = None
+    if state.for_training:
+        training = TrainingSpec(state.optimizer, microbatches=state.microbatches)
     state.problem = Problem(
         tuple(blocks), state.cluster, state.qoe, state.qoe.batch, input_bytes, training=training
     )

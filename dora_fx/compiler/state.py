@@ -46,6 +46,7 @@ class CompileState:
     plan: Plan | None = None
     programs: list[StageProgram] = field(default_factory=list)
     microbatches: int | None = None  # None: schedule_comm picks the count by simulation
+    optimizer: str = "adamw"  # a training plan's optimizer (cost_models.train_costs.OPTIMIZERS)
     for_training: bool = False  # compile(mode="train"): captured in training mode on purpose
     schedule_choice: ScheduleChoice | None = None
     # mode="train": the training iteration's figures (schedule policy, microbatches, memory per

@@ -2,7 +2,7 @@
 and the activations of the microbatches in flight.
 
 Weights and gradients are the stage module's own tensors (every parameter and buffer; a
-gradient per trainable parameter). Optimizer state is ``OPTIMIZER_STATES[name]`` copies of the
+gradient per trainable parameter). Optimizer state is ``train_costs.OPTIMIZERS[name]`` copies of the
 trainable parameters (AdamW: the two moments; SGD: none, with momentum one). Activations are
 measured, not guessed: one microbatch of the example runs forward through the stages in
 training mode and a saved-tensors hook adds up the bytes of every tensor autograd keeps for the
@@ -24,12 +24,11 @@ from typing import Any
 import torch
 
 from ..cost_models.cluster import Cluster
+from ..cost_models.train_costs import OPTIMIZERS
 from ..errors import InfeasibleQoEError
 from .local import LocalPipeline
 
-__all__ = ["OPTIMIZER_STATES", "StageMemory", "training_memory", "check_fits"]
-
-OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 0, "sgd_momentum": 1}
+__all__ = ["StageMemory", "training_memory", "check_fits"]
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,8 @@ def training_memory(
     schedule: str = "1f1b",
 ) -> list[StageMemory]:
     """Each device's training memory for ``batch`` rows under the pipeline's schedule."""
-    if optimizer not in OPTIMIZER_STATES:
-        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_STATES)}, got {optimizer!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}")
     saved = _saved_bytes(pipeline, example_flat)
     example_rows = pipeline.call.batch_size(example_flat) or 1
     m = pipeline.schedule.microbatches
@@ -94,7 +93,7 @@ def training_memory(
             out.append(
                 StageMemory(
                     stage.index, device, weights, trainable,
-                    OPTIMIZER_STATES[optimizer] * trainable, share * per_microbatch * in_flight,
+                    OPTIMIZERS[optimizer] * trainable, share * per_microbatch * in_flight,
                     in_flight, cluster.device(device).memory_bytes,
                 )
             )  # fmt: skip
