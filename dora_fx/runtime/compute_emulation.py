@@ -35,6 +35,7 @@ __all__ = [
     "measured_reference_s",
     "CpuSamples",
     "ComputeStretch",
+    "sleep_until",
 ]
 
 def contention_margin(ranks: int, cores: int | None = None) -> float:
@@ -199,7 +200,7 @@ class ComputeStretch:
             if end > now:
                 paid = min(self.debt_wall_s, end - now)
                 self.debt_wall_s -= paid
-                _sleep_until(end - paid)
+                sleep_until(end - paid)
                 late = time.monotonic() - (end - paid)
                 self.late_wall_s += late
                 self.debt_wall_s += late
@@ -212,7 +213,8 @@ class ComputeStretch:
         return elapsed
 
 
-def _sleep_until(deadline: float) -> None:
+def sleep_until(deadline: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``deadline`` (at once if it has)."""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cost_models.network import Network
-from .compute_emulation import _sleep_until
+from .compute_emulation import sleep_until
 
 __all__ = ["MediumLedger", "LinkShaper", "resource_keys"]
 
@@ -263,7 +263,7 @@ class LinkShaper:
                     left, arrival = self._transfer_end(job, flow)
                 deliveries.put((arrival, job.action))
                 if job.on_left is not None:
-                    _sleep_until(left)
+                    sleep_until(left)
                     job.on_left()
         except BaseException as exc:  # noqa: BLE001 - handed to the rank's main thread
             self.error = exc
@@ -273,7 +273,7 @@ class LinkShaper:
         deliveries = self._deliveries[dst_rank]
         try:
             while (delivery := deliveries.get()) is not None:
-                _sleep_until(delivery[0])
+                sleep_until(delivery[0])
                 delivery[1]()
         except BaseException as exc:  # noqa: BLE001 - handed to the rank's main thread
             self.error = exc
@@ -299,14 +299,14 @@ class LinkShaper:
                 chunk = min(chunk_bits, bits_left)
                 # reserve the next chunk only just before this one ends, so that other flows
                 # on the medium can slot theirs in between
-                _sleep_until(end - 0.5 * chunk * slowest)
+                sleep_until(end - 0.5 * chunk * slowest)
                 if paced:
                     assert priority is not None
                     # held: the next chunk starts when the resources are free again (the
                     # ledger's reservations), not when this thread wakes up to see it
                     while (until := self.ledger.held_until(flow, priority, keys)) is not None:
                         began = time.monotonic()
-                        _sleep_until(max(began + self.POLL_S, until - 0.5 * chunk * slowest))
+                        sleep_until(max(began + self.POLL_S, until - 0.5 * chunk * slowest))
                         with self._held_lock:
                             self.held_s += time.monotonic() - began
                 end = self.ledger.reserve(hops, chunk, end, flow)

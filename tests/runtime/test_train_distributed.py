@@ -197,3 +197,28 @@ def test_emulated_training_reports_device_time_and_stays_transparent(host):
     _assert_same(result, *_plain(model, example, target, loss_fn, 3, _sgd))
     assert result.emulated and result.time_scale > 0
     assert all(t > 0 for t in result.iteration_s) and result.iteration_s_mean > 0
+    assert result.iteration_s_median > 0
+    # every rank's trace names its optimizer step, paced to the device's predicted time
+    for rank in result.ranks:
+        steps = [(s, e) for _, action, s, e in rank["trace"] if action == "OPTIMIZER"]
+        assert len(steps) == 3
+
+
+def test_the_optimizer_step_lasts_the_device_time_dilated() -> None:
+    import time
+
+    from dora_fx.runtime.distributed.train_emulation import StepEmulation, optimizer_kind
+
+    param = torch.nn.Parameter(torch.ones(4))
+    param.grad = torch.ones(4)
+    optimizer = torch.optim.SGD([param], lr=0.5)
+    emulation = StepEmulation(time_scale=2.0, device_optimizer_s=0.02)
+    started = time.monotonic()
+    emulation.step_optimizer(optimizer)
+    assert time.monotonic() - started >= 0.04  # a sleep's lower bound, not a timing
+    assert torch.equal(param.detach(), torch.full((4,), 0.5))
+    sgd = {"class": "torch.optim.sgd:SGD", "kwargs": {"lr": 0.1}}
+    assert optimizer_kind(sgd) == "sgd"
+    assert optimizer_kind({**sgd, "kwargs": {"momentum": 0.9}}) == "sgd-momentum"
+    assert optimizer_kind({"class": "torch.optim.adamw:AdamW", "kwargs": {}}) == "adamw"
+    assert optimizer_kind({"class": "mine:Lion", "kwargs": {}}) == "adamw"  # unknown: the most

@@ -3,10 +3,13 @@ JSON so the launcher can hand it to processes), and the names of the run folder'
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TrainConfig", "KILL_ENV", "DATA_FILE", "LOSS_FILE", "RESULT_FILE"]
+import torch
+
+__all__ = ["TrainConfig", "KILL_ENV", "DATA_FILE", "LOSS_FILE", "RESULT_FILE", "build_optimizer"]
 
 KILL_ENV = "DORA_TRAIN_KILL"  # "RANK:STEP": that rank kills itself (SIGKILL) as the step starts
 DATA_FILE = "data.pt"  # torch.save: per step, (flat inputs, target leaves)
@@ -57,3 +60,12 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         return cls(**data)
+
+
+def build_optimizer(recipe: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer ``recipe`` names (``TrainConfig.optimizer``) over ``params``."""
+    module_name, _, qualname = recipe["class"].partition(":")
+    cls: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        cls = getattr(cls, part)
+    return cls(params, **recipe["kwargs"])  # type: ignore[no-any-return]

@@ -92,6 +92,16 @@ class TrainResult:
         times = self.iteration_s[1:] or self.iteration_s
         return sum(times) / len(times) if times else float("nan")
 
+    @property
+    def iteration_s_median(self) -> float:
+        """Median iteration time, the first step left out when there are more (robust to the
+        steps a busy host stalls)."""
+        times = sorted(self.iteration_s[1:] or self.iteration_s)
+        if not times:
+            return float("nan")
+        mid = len(times) // 2
+        return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+
 
 Data = Sequence[Any] | Iterable[Any] | Callable[[int], Any]
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -308,7 +318,8 @@ def _rows(folder: PlanFolder, flat: Sequence[Any]) -> int:
 
 def _lost(exc: DeviceLost, run_dir: str, config: TrainConfig, world: int) -> TrainingRankLost:
     mark = Path(run_dir, f"step_{exc.rank}")
-    step = int(mark.read_text()) if mark.is_file() else None
+    text = mark.read_text().strip() if mark.is_file() else ""
+    step = int(text) if text else None
     last = latest_complete(config.checkpoint_dir, world) if config.checkpoint_dir else None
     where = f"at training step {step}" if step is not None else "before its first step"
     resume = (

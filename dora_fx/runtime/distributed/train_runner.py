@@ -41,6 +41,8 @@ from ..train_step import _check_loss
 from .train_reduce import GradientGroups
 from .train_transport import TrainTransport
 
+TRACE_LIMIT = 4096
+
 __all__ = ["TrainRunner"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -96,9 +98,13 @@ class TrainRunner:
             self._execute(step, action)
             if index in self._closing:
                 self._done(step * self.m + action.mb)
-            if len(self.trace) < 4096:
-                self.trace.append((step, str(action), started, time.monotonic()))
+            self.note(step, str(action), started, time.monotonic())
         return self.loss
+
+    def note(self, step: int, action: str, started: float, ended: float) -> None:
+        """One action's wall times in ``trace`` (the first 4096: a long run keeps its start)."""
+        if len(self.trace) < TRACE_LIMIT:
+            self.trace.append((step, action, started, ended))
 
     def _execute(self, step: int, action: TrainAction) -> None:
         if action.kind is TKind.REDUCE:
