@@ -234,8 +234,8 @@ def peer(work: Path, host: Device, names: list[str], requests: int, scale: float
               f"{r['latency_ratio']:>6.2f} {r['peer_overrun']:>5.1%}/{r['dora_overrun']:.1%}")  # fmt: skip
         print(f"    peer split at {', '.join(r['split'])}")
         print("    dora " + r["plan"].replace("\n", "\n         "))
-    print("    (the peer's results return to the sink as a token: their bytes are not charged "
-          "to it)")
+    print("    (both return their results to the sink, the phone: the peer's last stage sends "
+          "its outputs' bytes to its first, on the phone, over the same shaped links)")
     return rows
 
 

@@ -34,6 +34,9 @@ class PeerConfig:
     ledger_path: str | None = None
     threads: int = 1
     keep_outputs: bool = True
+    # over a real network: the last stage sends its outputs' bytes to the sink's rank
+    # (``pipelining_sink``) instead of a token the emulated shaper holds for them
+    return_outputs: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -6,7 +6,9 @@ only its stage and serves it with ``ScheduleGPipe``, emulated by ``peers.pipelin
 It warms up (not emulated, not measured), then runs the closed loop of ``in_flight`` requests:
 rank 0 releases a request when the one ``in_flight`` before it is done, which the last stage
 tells it with a small token once the outputs reached the sink (the cluster's source, as for
-Dora's plans; emulated, the token waits for the outputs' bytes to cross the network). Rank 0
+Dora's plans; emulated, the token waits for the outputs' bytes to cross the network), or, over
+a real network (``PeerConfig.return_outputs``), by sending rank 0 the outputs' bytes
+themselves (``pipelining_sink``). Rank 0
 gathers the ranks' figures and writes the result; the last stage writes the outputs.
 """
 
@@ -25,6 +27,7 @@ from ..runtime.distributed.config import STARTUP_TIMEOUT_S
 from ..runtime.distributed.worker import die_with_parent, run_worker
 from .pipelining_config import PeerConfig
 from .pipelining_emulation import _Emulation, _start_emulation
+from .pipelining_sink import SinkArrivals, output_bytes, send_outputs
 
 __all__ = ["main"]
 
@@ -63,16 +66,18 @@ def _run_rank(config: PeerConfig, rank: int, world_size: int) -> None:
     with torch.no_grad():
         # Phase 1: warm up (shape inference, op counting, CPU-time reference); not emulated.
         cpu_after_first = time.process_time()
+        warm_out = None
         for r in range(warmup):
             if r == 1:
                 cpu_after_first = time.process_time()  # the recorded first step is slower
-            _step(schedule, rank, last, requests[r])
+            warm_out = _step(schedule, rank, last, requests[r])
         items = max(warmup - 1, 1) * config.microbatches
         cpu_item_s = (time.process_time() - cpu_after_first) / items
         _barrier(control)
         scale = _start_emulation(config, emulation, control, cpu_item_s)
         emulation.stretch = ComputeStretch(emulation.stretch.factor)
         emulation.forwards, emulation.stream_start = 0, len(emulation.cpu_samples)
+        arrivals = _sink_arrivals(config, rank, last, control, tokens, warm_out, len(requests))
         # Phase 2: the measured stream.
         released: list[float] = []
         completed: list[float] = []
@@ -82,18 +87,20 @@ def _run_rank(config: PeerConfig, rank: int, world_size: int) -> None:
         for r, request in enumerate(requests):
             if rank == 0:
                 if r >= window:
-                    completed.append(_take_token(tokens, last))
+                    completed.append(_arrival(arrivals, tokens, last, len(completed)))
                     write_progress(config, len(completed), len(requests))
                 # issued when the request ``window`` before it returned, as run_local counts
                 released.append(completed[r - window] if r >= window else start)
             out = _step(schedule, rank, last, request)
-            if rank == last:
+            if rank == last and _returns_outputs(config, last):
+                send_outputs(out, tokens, pending)
+            elif rank == last:
                 _return(config, emulation, r, out, pending, tokens)
                 if config.keep_outputs:
                     outputs.append(out)
         if rank == 0:
             while len(completed) < len(requests):
-                completed.append(_take_token(tokens, last))
+                completed.append(_arrival(arrivals, tokens, last, len(completed)))
                 write_progress(config, len(completed), len(requests))
     if emulation.shaper is not None:
         emulation.shaper.close(config.timeout_s)
@@ -150,6 +157,31 @@ def _return(
     leaves = torch.utils._pytree.tree_leaves(out)
     nbytes = sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
     emulation.shaper.submit(0, here, sink, nbytes, tell, True)
+
+
+def _returns_outputs(config: PeerConfig, last: int) -> bool:
+    """The outputs' bytes go to the sink themselves (``pipelining_sink``): asked for, the sink
+    is rank 0's device and another rank's stage is last."""
+    sink = (config.cluster or {}).get("source")
+    return config.return_outputs and config.warmup > 0 and last > 0 and sink == config.devices[0]
+
+
+def _sink_arrivals(
+    config: PeerConfig, rank: int, last: int, control: Any, tokens: Any, warm_out: Any, count: int
+) -> SinkArrivals | None:
+    """Rank 0's receiver of the outputs when they are returned (every rank calls it: the last
+    tells the others the outputs' size)."""
+    if not _returns_outputs(config, last):
+        return None
+    size = torch.tensor([output_bytes(warm_out).numel() if rank == last else 0])
+    dist.broadcast(size, src=last, group=control)
+    if rank != 0:
+        return None
+    return SinkArrivals(tokens, last, int(size), count, config.timeout_s)
+
+
+def _arrival(arrivals: SinkArrivals | None, tokens: Any, last: int, index: int) -> float:
+    return arrivals.take(index) if arrivals is not None else _take_token(tokens, last)
 
 
 def _take_token(group: Any, last: int) -> float:

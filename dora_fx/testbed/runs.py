@@ -173,8 +173,9 @@ def run_peer(
     """The torch.distributed.pipelining peer (``peers.pipelining``: even split, ScheduleGPipe)
     over ``testbed``, stage ``k`` on ``devices[k]``: compute emulated as ``cluster``'s devices
     at ``time_scale``, transfers over the kernel's links. The peer's own pacing is given
-    ``unpaced(cluster)``, so it costs nothing; its results return to the sink as a token
-    (``peers.pipelining_rank``), so the bytes of the outputs' way back are not charged to it."""
+    ``unpaced(cluster)``, so it costs nothing; the last stage sends its outputs' bytes to the
+    sink (the cluster's source) over the kernel's links when the first stage runs there, as
+    Dora's results return (``peers.pipelining_sink``), else a token tells rank 0."""
     from ..peers.pipelining import PeerConfig, even_split_points
 
     points = list(split_points or even_split_points(model, len(devices)))
@@ -188,7 +189,7 @@ def run_peer(
             warmup=warmup, timeout_s=timeout_s, emulate=True,
             cluster=unpaced(cluster).to_json(), host=host_device(host).to_json(),
             time_scale=time_scale, ledger_path=os.path.join(run_dir, "ledger"),
-            keep_outputs=False,
+            keep_outputs=False, return_outputs=True,
         )  # fmt: skip
         payload = {"model": model, "mb_args": first, "requests": [tuple(r) for r in requests]}
         torch.save(payload, config.inputs_path)
