@@ -258,14 +258,10 @@ def _failure(
         path = Path(run_dir, f"failure_{command.rank}.json")
         if path.exists():
             reports[command.rank] = json.loads(path.read_text())
-    start = next(iter(reports), None)
-    if start is None:  # nobody reported: the first node that ended badly, or one still running
-        start = next((k for k, c in enumerate(codes) if c not in (0, None)), None)
-        start = next((k for k, c in enumerate(codes) if c is None), 0) if start is None else start
-    culprit, seen = start, {start}
-    while culprit in reports and reports[culprit].get("suspect_rank") not in (None, *seen):
-        culprit = int(reports[culprit]["suspect_rank"])
-        seen.add(culprit)
+    for rank, report in reports.items():  # gloo names the peer by address only
+        if report.get("suspect_rank") is None:
+            report["suspect_rank"] = _rank_at(testbed, commands, report.get("message", ""), rank)
+    culprit = _culprit(reports, codes)
     command = commands[culprit]
     stage = _stage_of(run_dir, culprit)
     why = reports.get(culprit, {}).get("message") or _how_it_ended(codes[culprit])
@@ -281,6 +277,32 @@ def _failure(
         + f". Every node was stopped; logs in {run_dir}/rank*.log while it exists"
     )
     return DeviceLost(message, rank=culprit, stage=stage, device=command.device)
+
+
+def _culprit(reports: dict[int, dict[str, Any]], codes: list[int | None]) -> int:
+    """Follow each report's suspect to a rank that does not point further; prefer one that
+    died without a report (the rank that noticed first need not be the one that died)."""
+    ends = []
+    for start in reports:
+        culprit, seen = start, {start}
+        while culprit in reports and reports[culprit].get("suspect_rank") not in (None, *seen):
+            culprit = int(reports[culprit]["suspect_rank"])
+            seen.add(culprit)
+        ends.append(culprit)
+    silent = [k for k in ends if k not in reports]
+    if silent or ends:
+        return (silent or ends)[0]
+    # nobody reported: the first node that ended badly, or one still running
+    bad = next((k for k, c in enumerate(codes) if c not in (0, None)), None)
+    return next((k for k, c in enumerate(codes) if c is None), 0) if bad is None else bad
+
+
+def _rank_at(testbed: NetnsCluster, commands: list[NodeCommand], message: str, me: int) -> int | None:
+    """The rank whose host address a gloo error names ("closed by peer [10.77.0.2]:5820")."""
+    for command in commands:
+        if command.rank != me and f"[{testbed.address(command.device)}]" in message:
+            return command.rank
+    return None
 
 
 def _log_tail(run_dir: str, rank: int, lines: int = 3) -> str:

@@ -73,3 +73,15 @@ def test_a_shared_medium_sorts_each_hop_into_its_station_class():
     assert "match u8 63 0xff at 8 match ip dst 10.77.0.3/32 flowid 1:2002" in " | ".join(commands)
     redirects = [c for c in commands if "mirred egress redirect dev t-air0" in c]
     assert len(redirects) == 2 * len(stations)  # every station, both directions
+
+
+def test_the_rank_blamed_is_the_one_that_died_not_the_first_that_noticed():
+    from dora_fx.testbed.runs import _culprit
+
+    # rank 0 saw its connection closed (no suspect), rank 2 waited on rank 1, rank 1 is silent
+    reports = {0: {"suspect_rank": None}, 2: {"suspect_rank": 1}}
+    assert _culprit(reports, [1, -9, 1]) == 1
+    # a rank that failed on its own and is suspected by the others
+    assert _culprit({1: {"suspect_rank": None}, 2: {"suspect_rank": 1}}, [1, 1, 1]) == 1
+    # nobody reported: the first node that ended badly
+    assert _culprit({}, [0, -9, 0]) == 1
