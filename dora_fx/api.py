@@ -296,6 +296,7 @@ class CompiledModel(LocalPipeline):
         if loss is None:
             raise InputError("train_distributed needs the loss: loss_fn=, or compile(..., loss_fn=)")
         factory = optimizer or _default_optimizer
+        self._check_optimizer_state(factory)
         planned = self.state.training
         if planned is not None:  # the schedule the planner chose, unless the caller says
             options.setdefault("policy", planned.schedule)
@@ -304,6 +305,22 @@ class CompiledModel(LocalPipeline):
             result = train_local(plan_dir, data, steps=steps, loss_fn=loss, optimizer=factory, **options)
         result.state_dict = self.weights.expand(result.state_dict)
         return result
+
+    def _check_optimizer_state(self, factory: Any) -> None:
+        """Warn when the optimizer a run steps keeps more state than the plan budgeted."""
+        from .runtime.distributed.train_emulation import optimizer_kind
+        from .runtime.distributed.train_launch import optimizer_recipe
+
+        recipe = optimizer_recipe(factory)
+        kind, planned = optimizer_kind(recipe), self.state.optimizer
+        if OPTIMIZERS[kind] > OPTIMIZERS[planned]:
+            name = recipe["class"].rpartition(":")[2]
+            warnings.warn(
+                f"this run steps {name}, whose state (taken as {kind}'s, {OPTIMIZERS[kind]:g}x "
+                f"the weights) the plan did not budget: it was planned for {planned}; "
+                f"compile(..., optimizer={kind!r}) to plan memory and step time for it",
+                stacklevel=3,
+            )
 
     def save(self, path: str | Path) -> Path:
         """Write the plan folder (``stage_K.py``, weights, ``plan.txt``, ``plan.json``) that

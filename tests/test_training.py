@@ -5,6 +5,7 @@ data-parallel stages included; and bad input is refused with a clear error."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -201,3 +202,15 @@ def test_the_plan_budgets_the_optimizer_it_is_told():
     with pytest.raises(dora_fx.InputError, match=r"optimizer='lion' is not one the planner knows"):
         dora_fx.compile(copy.deepcopy(model), roomy, example_inputs=example, mode="train",
                         loss_fn=loss_fn, optimizer="lion")  # fmt: skip
+
+
+def test_a_run_whose_optimizer_keeps_more_state_than_planned_warns():
+    model, example, target = _setup("mlp")
+    compiled = dora_fx.compile(copy.deepcopy(model), dora_fx.scenarios.smart_home(), dora_fx.QoE(batch=4),
+                               example_inputs=example, mode="train", loss_fn=loss_fn, num_stages=2,
+                               optimizer="sgd")  # fmt: skip
+    with pytest.warns(UserWarning, match=r"this run steps AdamW, whose state .* planned for sgd"):
+        compiled._check_optimizer_state(lambda ps: torch.optim.AdamW(ps, lr=1e-3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled._check_optimizer_state(lambda ps: torch.optim.SGD(ps, lr=1e-3))
