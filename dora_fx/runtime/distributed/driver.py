@@ -32,6 +32,7 @@ from .config import RunConfig
 from .emulation import start_emulation
 from .inbox import write_answer
 from .runner import StageRunner
+from .transport import LateOutput
 from .wiring import RankInfo, StageWiring
 
 __all__ = ["Driver"]
@@ -65,6 +66,8 @@ class Driver:
         self._stream_start = 0  # index of the stream's first CPU sample
         self._fault_offset = 0  # requests streamed in earlier rounds (sessions)
         self._answer: Any = None  # rank 0 of a session: (request index, outputs) -> None
+        self._late: list[tuple[int, list[list[Any]]]] = []  # requests answered after the run
+        self._stream_first = 0  # the request index the last stream started at
         self._stream_t0 = 0.0
 
     def run(self, folder: PlanFolder) -> dict[str, Any] | None:
@@ -137,7 +140,7 @@ class Driver:
         self.runner.flush()
         if self.me.rank == 0:
             for r in range(count):
-                self._collect(r)
+                self._collect(r, serving=False)
         self.runner.record_item = None
         # process CPU (every thread) per item, and how much longer compute took in wall time
         measured_items = (count - 1) * self.m if count > 1 else max(count * self.m, 1)
@@ -241,6 +244,7 @@ class Driver:
                 self._run_request(r)
             self.runner.flush()
             return None
+        self._stream_first = indices.start
         window = self.config.in_flight or len(self.wiring.table)
         open_loop = self.config.rate_rps is not None or self.config.arrivals_s is not None
         released: list[float] = []
@@ -276,7 +280,9 @@ class Driver:
         assert self.config.rate_rps is not None
         return k / self.config.rate_rps
 
-    def _collect(self, request: int) -> tuple[list[Any], float]:
+    def _collect(self, request: int, serving: bool = True) -> tuple[list[Any], float]:
+        """Rank 0: a request's outputs and when their last piece arrived; outputs whose payloads
+        come late (``links``) are answered by ``resolve_late``. ``serving`` False: warm-up."""
         positions = sorted(self.wiring.output_dims)
         parts, arrived = [], 0.0
         for item in range(request * self.m, (request + 1) * self.m):
@@ -284,16 +290,30 @@ class Driver:
             self.transport.forget(item)  # its stage ran before (``_run_request``)
             parts.append(values)
             arrived = max(arrived, at)
-        outputs = []
-        for j, position in enumerate(positions):
-            batch_dim = self.wiring.output_dims.get(position)
-            pieces = [p[j] for p in parts]
-            outputs.append(
-                pieces[0] if batch_dim is None or len(pieces) == 1 else torch.cat(pieces, batch_dim)
-            )
+        if any(isinstance(v, LateOutput) for values in parts for v in values):
+            self._late += [(request, parts)] if serving else []
+            return [], arrived
+        return self._answer_with(request, parts), arrived
+
+    def _answer_with(self, request: int, parts: list[list[Any]]) -> list[Any]:
+        """The request's outputs from its microbatches' ``parts``, answered."""
+        dims = [self.wiring.output_dims.get(p) for p in sorted(self.wiring.output_dims)]
+        outputs = [
+            part[0] if dim is None or len(part) == 1 else torch.cat(part, dim)
+            for dim, part in zip(dims, ([p[j] for p in parts] for j in range(len(dims))))
+        ]
         if self._answer is not None:
             self._answer(request, outputs)
-        return (outputs if self.config.keep_outputs else []), arrived
+        return outputs if self.config.keep_outputs else []
+
+    def resolve_late(self, result: dict[str, Any] | None) -> None:
+        """After the transport closed: answer the requests whose outputs came late, in order,
+        their outputs into rank 0's ``result``."""
+        for request, parts in self._late:
+            outputs = self._answer_with(request, [list(map(self.transport.resolve_late, v)) for v in parts])
+            if result is not None and 0 <= request - self._stream_first < len(result["outputs"]):
+                result["outputs"][request - self._stream_first] = outputs
+        self._late = []
 
     def _result(self, released: list[float], done: list[tuple[list[Any], float]]) -> dict[str, Any]:
         scale = self.time_scale

@@ -7,6 +7,14 @@ rank that files every message that arrives by ``(item, sender, tag)``, and hands
 to the rank's main thread (``take_first``). It knows ranks, not stages: ``transport`` decides
 who sends which rows to whom.
 
+Over a testbed's real links (``kernel_network``) a result computed on the sink device, whose
+rank is not rank 0 (which only stands in for the sink), would load links the plan does not
+use on its way to rank 0: its sender (``post(may_defer=True)``) posts a ``NOTICE`` (a header)
+at once and keeps the payload until ``close``, where it follows as ``LATE``; the receiver
+files the notice as a ``late`` piece and the payload for ``late_payload``. Such answers reach
+the launcher after the run, and die with the sink's rank if it fails (the dispatcher then
+re-sends those requests).
+
 A dead or hung peer never hangs this rank: every wait has the run's ``timeout_s`` and a
 failure is a ``RankFailedError`` naming the peer (``suspect_rank``), which the supervisor
 follows to the culprit.
@@ -25,7 +33,7 @@ import torch
 
 from ...errors import RankFailedError
 from ..network_emulation import LinkShaper
-from .wire import DATA, chunk_sizes, end_header, header, isend_message, receive_loop
+from .wire import DATA, LATE, NOTICE, chunk_sizes, end_header, header, isend_message, receive_loop
 from .wiring import RankInfo
 
 __all__ = ["Links", "Piece", "Sending"]
@@ -42,6 +50,7 @@ class Piece:
     tensor: torch.Tensor
     batch: int
     arrived_at: float
+    late: bool = False  # a notice: the payload comes after the run (``Links.late_payload``)
 
 
 @dataclass
@@ -100,6 +109,8 @@ class Links:
         self._mail = _Mailbox()
         self._send_locks = {dst: threading.Lock() for dst in self._destinations}
         self._pending: list[_Pending] = []  # the main thread alone waits them
+        self._late_sends: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # dst, header, payload
+        self._late: dict[tuple[int, int, int], torch.Tensor] = {}  # (item, src, tag) -> payload
         self._pending_lock = threading.Lock()
         self._receivers = [
             threading.Thread(
@@ -115,13 +126,18 @@ class Links:
     def post_chunks(
         self, dst: int, item: int, tag: int, tensor: torch.Tensor, batch: int,
         shaped: bool, chunks: int, priority: tuple[int, int, int],
-        devices: tuple[str, str] | None = None,
+        devices: tuple[str, str] | None = None, may_defer: bool = False,
     ) -> list[Sending]:  # fmt: skip
         """Send ``tensor`` as ``chunks`` messages (fewer when it has fewer elements);
         ``devices``: the (from, to) devices the shaper emulates (default: the two ranks')."""
         chunks = max(1, min(chunks, tensor.numel()))
         if chunks == 1 or dst == self.me.rank:
-            return [self.post(dst, item, tag, tensor, batch, shaped, priority, devices=devices)]
+            return [
+                self.post(
+                    dst, item, tag, tensor, batch, shaped, priority, devices=devices,
+                    may_defer=may_defer,
+                )  # fmt: skip
+            ]
         flat = tensor.detach().reshape(-1)
         sendings, start = [], 0
         for index, size in enumerate(chunk_sizes(flat.numel(), chunks)):
@@ -147,11 +163,13 @@ class Links:
         chunk: tuple[int, int] = (0, 1),
         shape: Sequence[int] | None = None,
         devices: tuple[str, str] | None = None,
+        may_defer: bool = False,
     ) -> Sending:
         """Post one message; returns at once with what ``sent`` waits for. ``priority`` is what
         the shaper's ``critical-first`` pacing orders flows by. A message to this rank itself
         is filed at once, or at its emulated arrival when ``devices`` are two (rank 0's user
-        inputs from another source device, its outputs to another sink)."""
+        inputs from another source device, its outputs to another sink). ``may_defer``: a
+        result that may travel as a notice now and its payload at ``close`` (module doc)."""
         sending = Sending(dst, item, tag)
         src_device, dst_device = devices or (self.me.device, self.table[dst].device)
         shaper = self._shaper_for(dst, src_device, dst_device)
@@ -169,14 +187,18 @@ class Links:
             sending.shaped = True
             return sending
         payload = tensor.detach().to("cpu", copy=False).contiguous()
-        head = header(DATA, item, tag, payload, batch, chunk, shape)
+        deferred = may_defer and self._stands_in(dst, src_device, dst_device) and chunk[1] == 1
+        head = header(NOTICE if deferred else DATA, item, tag, payload, batch, chunk, shape)
         nbytes = payload.numel() * payload.element_size()
         self.bytes_sent += nbytes
         sending.shaped = shaper is not None
+        if deferred:
+            late = header(LATE, item, tag, payload, batch)
+            self._late_sends.append((dst, late, payload))
 
         def transmit() -> None:
             with self._send_locks[dst]:
-                works = isend_message(dst, head, payload)
+                works = isend_message(dst, head, None if deferred else payload)
             sending.works = works
             with self._pending_lock:
                 self._pending.extend(_Pending(w, dst, item, (head, payload)) for w in works)
@@ -192,6 +214,20 @@ class Links:
             )  # fmt: skip
         self._reap()
         return sending
+
+    def _stands_in(self, dst: int, src_device: str, dst_device: str) -> bool:
+        """A message between two ranks' hosts over real links whose planned way is another
+        (rank ``dst`` stands in for the device it goes to)."""
+        physical = (self.me.device, self.table[dst].device)
+        return self.kernel_network and dst != self.me.rank and (src_device, dst_device) != physical
+
+    def late_payload(self, src: int, tag: int, item: int) -> torch.Tensor:
+        """The payload of a ``late`` piece, once its sender closed (``close`` joined it)."""
+        key = (item, src, tag)
+        with self._mail.cond:
+            if key not in self._late:
+                raise self.peer_failed(src, item, RuntimeError(f"tag {tag}'s payload never came"))
+            return self._late.pop(key).to(self.device)
 
     def _shaper_for(self, dst: int, src_device: str, dst_device: str) -> LinkShaper | None:
         """What paces a message: the shaper, except under ``kernel_network`` for one that
@@ -265,21 +301,31 @@ class Links:
                     )
                 self._mail.cond.wait(min(left, 0.5))
             piece = self._mail.slots.pop(found)
-        return found[1], Piece(piece.tensor.to(self.device), piece.batch, piece.arrived_at)
+        return found[1], Piece(
+            piece.tensor.to(self.device), piece.batch, piece.arrived_at, piece.late
+        )
 
     def take(self, src: int, tag: int, item: int) -> Piece:
         return self.take_first([src], tag, item)[1]
 
-    def _deposit(self, src: int, item: int, tag: int, tensor: torch.Tensor, batch: int) -> None:
+    def _deposit(
+        self, src: int, item: int, tag: int, tensor: torch.Tensor, batch: int, late: bool = False
+    ) -> None:
         with self._mail.cond:
-            self._mail.slots[(item, src, tag)] = Piece(tensor, batch, time.monotonic())
+            self._mail.slots[(item, src, tag)] = Piece(tensor, batch, time.monotonic(), late)
             self._mail.cond.notify_all()
 
     def _receive_from(self, src: int) -> None:
         """Receiver thread of ``src``: file every message it sends until it says it is done."""
 
-        def deliver(item: int, tag: int, payload: torch.Tensor, batch: int, sent_at: float) -> None:
-            self._deposit(src, item, tag, payload, batch)
+        def deliver(
+            item: int, tag: int, payload: torch.Tensor, batch: int, sent_at: float, kind: int
+        ) -> None:
+            if kind == LATE:
+                with self._mail.cond:
+                    self._late[(item, src, tag)] = payload
+                return
+            self._deposit(src, item, tag, payload, batch, late=kind == NOTICE)
             if len(self.transfers) < _MAX_TRANSFER_LOG:
                 nbytes = payload.numel() * payload.element_size()
                 self.transfers.append((src, item, tag, nbytes, sent_at, time.monotonic()))
@@ -314,6 +360,12 @@ class Links:
         """Tell every receiver this rank is done, let sends finish, join the receivers."""
         if self.shaper is not None:
             self.shaper.close(self.timeout_s)
+        late, self._late_sends = self._late_sends, []
+        for dst, head, payload in late:  # after every notice: the shaper sent them all
+            with self._send_locks[dst]:
+                works = isend_message(dst, head, payload)
+            with self._pending_lock:
+                self._pending.extend(_Pending(w, dst, -1, (head, payload)) for w in works)
         for dst in self._destinations:
             end = end_header()
             with self._send_locks[dst]:

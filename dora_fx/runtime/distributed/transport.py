@@ -27,6 +27,7 @@ where the two devices are one: results computed on the sink, inputs used on the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +54,24 @@ def message_devices(wiring: StageWiring, sender: RankInfo, dst: int, tag: int) -
     elif tag >= OUTPUT_TAG:
         to = wiring.sink or src
     return src, to
+
+
+@dataclass
+class LateOutput:
+    """An output of ``item`` some of whose pieces are notices (their payloads come at the
+    senders' ``close``); ``join`` concatenates the pieces as ``collect_outputs`` does."""
+
+    item: int
+    tag: int
+    batch_dim: int | None
+    pieces: list[tuple[int, Any]]  # (sending rank, links.Piece)
+
+    def join(self, links: Links) -> torch.Tensor:
+        tensors = [
+            links.late_payload(src, self.tag, self.item) if p.late else p.tensor
+            for src, p in self.pieces
+        ]
+        return tensors[0] if self.batch_dim is None else torch.cat(tensors, self.batch_dim)
 
 
 class DistTransport:
@@ -186,20 +205,27 @@ class DistTransport:
 
     def collect_outputs(
         self, item: int, positions: Sequence[int]
-    ) -> tuple[list[torch.Tensor], float]:
+    ) -> tuple[list[Any], float]:
         """Rank 0: the model outputs of ``item`` (pieces of a group concatenated) and the time
-        the last piece arrived."""
-        values, arrived = [], 0.0
+        the last piece arrived. An output of late pieces (``links``: noticed now, its payload
+        after the run) is a ``LateOutput`` for ``resolve_late``."""
+        values: list[Any] = []
+        arrived = 0.0
         owner = {p: s for s, ps in self.wiring.output_stages.items() for p in ps}
         for position in positions:
             batch_dim = self.wiring.output_dims.get(position)
             holders = self._holders(item, self.wiring.ranks_of(owner[position]))
             sources = holders[:1] if batch_dim is None else holders
-            pieces = [self.links.take(r.rank, OUTPUT_TAG + position, item) for r in sources]
-            arrived = max([arrived, *(p.arrived_at for p in pieces)])
-            tensors = [p.tensor for p in pieces]
-            values.append(tensors[0] if batch_dim is None else torch.cat(tensors, batch_dim))
+            tag = OUTPUT_TAG + position
+            pieces = [(r.rank, self.links.take(r.rank, tag, item)) for r in sources]
+            arrived = max([arrived, *(p.arrived_at for _, p in pieces)])
+            late = LateOutput(item, tag, batch_dim, [(src, p) for src, p in pieces])
+            values.append(late if any(p.late for _, p in pieces) else late.join(self.links))
         return values, arrived
+
+    def resolve_late(self, value: Any) -> Any:
+        """A collected output with its late payloads filled in (after ``close``)."""
+        return value.join(self.links) if isinstance(value, LateOutput) else value
 
     # -- moving pieces -------------------------------------------------------------------
 
@@ -287,8 +313,9 @@ class DistTransport:
         priority = (*divmod(item, self.microbatches), -to_stage)
         devices = message_devices(self.wiring, self.me, dst, tag)
         return self.links.post_chunks(
-            dst, item, tag, tensor, batch, shaped, chunks, priority, devices
-        )
+            dst, item, tag, tensor, batch, shaped, chunks, priority, devices,
+            may_defer=tag >= OUTPUT_TAG and self.wiring.sink == self.me.device,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Tell every receiver this rank is done, let sends finish, join the receivers."""

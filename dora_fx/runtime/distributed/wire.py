@@ -5,7 +5,8 @@ send time, chunk index and count) on one gloo tag, then its payload (none when e
 another, so a receiver needs no shape agreed in advance. A tensor sent in ``c`` chunks travels
 as ``c`` messages, each a near-equal piece of the flattened tensor whose header carries the
 whole tensor's shape; ``receive_loop`` joins them again. An ``END`` header says the sender is
-done. ``links`` builds on this: who sends what to whom, and where it is filed.
+done. A ``NOTICE`` is a header alone: the message reached its planned destination, its payload
+follows later as a ``LATE`` message (``links``: results a testbed's rank 0 only stands in for). ``links`` builds on this: who sends what to whom, and where it is filed.
 """
 
 from __future__ import annotations
@@ -19,21 +20,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["chunk_sizes", "header", "end_header", "isend_message", "receive_loop", "DTYPES"]
+__all__ = [
+    "chunk_sizes", "header", "end_header", "isend_message", "receive_loop", "DTYPES", "DATA",
+    "NOTICE", "LATE",
+]  # fmt: skip
 
 HEADER_TAG, PAYLOAD_TAG = 1, 2
 MAX_DIMS = 10
 # kind, item, tag, ndim, dtype, batch, sent at (us, time.monotonic), chunk, chunks
 FIELDS = 9
 HEADER_LEN = FIELDS + MAX_DIMS  # then the dims
-DATA, END = 0, 1
+DATA, END, NOTICE, LATE = 0, 1, 2, 3
 DTYPES = [
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32,
     torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64,
 ]  # fmt: skip
 
-# a received message: item, tag, tensor (chunks joined), batch, sent at (time.monotonic)
-Deliver = Callable[[int, int, torch.Tensor, int, float], None]
+# a received message: item, tag, tensor (chunks joined; a NOTICE's empty), batch, sent at
+# (time.monotonic), kind (DATA, NOTICE or LATE)
+Deliver = Callable[[int, int, torch.Tensor, int, float, int], None]
 
 
 def chunk_sizes(numel: int, chunks: int) -> list[int]:
@@ -104,6 +109,9 @@ def receive_loop(src: int, timeout: timedelta, deliver: Deliver) -> None:
         if kind == END:
             return
         shape = [int(v) for v in head[FIELDS : FIELDS + ndim]]
+        if kind == NOTICE:
+            deliver(item, tag, torch.empty(0, dtype=DTYPES[dtype]), batch, sent_us * 1e-6, kind)
+            continue
         if chunks > 1:
             numel = 1
             for size in shape:
@@ -122,7 +130,7 @@ def receive_loop(src: int, timeout: timedelta, deliver: Deliver) -> None:
             del partial[(item, tag)]
             payload = torch.cat(entry.parts).view(shape)  # type: ignore[arg-type]
             sent_at = entry.sent_at
-        deliver(item, tag, payload, batch, sent_at)
+        deliver(item, tag, payload, batch, sent_at, kind)
 
 
 def _wait(work: Any, timeout: timedelta) -> None:
