@@ -18,6 +18,7 @@ stage, device and host address, carrying the answers given before (``answered``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -257,7 +258,8 @@ def _failure(
     for command in commands:
         path = Path(run_dir, f"failure_{command.rank}.json")
         if path.exists():
-            reports[command.rank] = json.loads(path.read_text())
+            with contextlib.suppress(ValueError):  # a report cut short counts as none
+                reports[command.rank] = json.loads(path.read_text())
     for rank, report in reports.items():  # gloo names the peer by address only
         if report.get("suspect_rank") is None:
             report["suspect_rank"] = _rank_at(testbed, commands, report.get("message", ""), rank)

@@ -133,7 +133,8 @@ def _failure(
     for info in table:
         path = Path(run_dir, f"failure_{info.rank}.json")
         if path.exists():
-            reports[info.rank] = json.loads(path.read_text())
+            with contextlib.suppress(ValueError):  # a report cut short counts as none
+                reports[info.rank] = json.loads(path.read_text())
     # A rank that failed because a peer died or hung names that peer (``suspect_rank``);
     # follow those names to the rank that failed on its own, died, or hung.
     culprit, seen = rank, {rank}

@@ -58,8 +58,11 @@ def run_worker(run: Callable[[int, int], Any], result_path: str | None) -> int:
             "type": type(exc).__name__,
             "suspect_rank": getattr(exc, "suspect_rank", None),
         }
-        if result_path:
-            Path(Path(result_path).parent, f"failure_{rank}.json").write_text(json.dumps(report))
+        if result_path:  # whole or not at all: the launcher may stop this rank mid-write
+            final = Path(Path(result_path).parent, f"failure_{rank}.json")
+            partial = final.with_suffix(".json.tmp")
+            partial.write_text(json.dumps(report))
+            os.replace(partial, final)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
