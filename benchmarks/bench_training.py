@@ -100,12 +100,16 @@ def transparency(name: str, stages: int, steps: int) -> dict[str, Any]:
 
 def transparency_table(names: tuple[str, ...], steps: int) -> list[dict[str, Any]]:
     rows = [transparency(n, 3 if n != "mlp" else 2, steps) for n in names]
-    print("\n== transparency, in process (train_step vs plain PyTorch, SGD) ==")
-    print(f"{'model':<12} {'stages':>6} {'mb':>3} {'grad rel err':>13} {'loss rel err':>13}")
+    _print_errors("in process (train_step vs plain PyTorch, SGD)", rows, ("grad", "loss"))
+    return rows
+
+
+def _print_errors(title: str, rows: list[dict[str, Any]], errors: tuple[str, ...]) -> None:
+    print(f"\n== transparency, {title} ==")
+    print(f"{'model':<12} {'stages':>6} {'mb':>3} " + " ".join(f"{e + ' rel err':>15}" for e in errors))
     for r in rows:
         print(f"{r['model']:<12} {r['stages']:>6} {r['microbatches']:>3} "
-              f"{r['grad_rel_err']:>13.2e} {r['loss_rel_err']:>13.2e}")  # fmt: skip
-    return rows
+              + " ".join(f"{r[e + '_rel_err']:>15.2e}" for e in errors))  # fmt: skip
 
 
 def _plain_losses(name: str, steps: int, batch: int) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -156,11 +160,7 @@ def distributed_transparency(names: tuple[str, ...], steps: int, batch: int) -> 
             "loss_rel_err": max(abs(a - b) / abs(b) for a, b in zip(result.losses, losses)),
             "weight_rel_err": _floored_error(result.state_dict, plain),
         })  # fmt: skip
-    print("\n== transparency, distributed (one process per stage, gloo; SGD) ==")
-    print(f"{'model':<12} {'stages':>6} {'mb':>3} {'loss rel err':>13} {'weight rel err':>15}")
-    for r in rows:
-        print(f"{r['model']:<12} {r['stages']:>6} {r['microbatches']:>3} "
-              f"{r['loss_rel_err']:>13.2e} {r['weight_rel_err']:>15.2e}")  # fmt: skip
+    _print_errors("distributed (one process per stage, gloo; SGD)", rows, ("loss", "weight"))
     return rows
 
 

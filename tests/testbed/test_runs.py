@@ -103,21 +103,28 @@ def test_a_plan_with_a_data_parallel_stage_gives_eager_outputs_by_request_id(tmp
     cluster = _cluster()
     compiled = dora_fx.compile(model, cluster, example_inputs=example, num_stages=2)
     folder = _data_parallel(compiled.save(tmp_path / "mlp"), 1, ["bravo", "carol"], [0.5, 0.5])
-    generator = torch.Generator().manual_seed(3)
-    requests = {rid: (torch.randn(4, 64, generator=generator),) for rid in (7, 3, 12, 40, 5)}
-    host = Device("host", dense_flops_per_s=2e10, memory_bandwidth_bytes_per_s=1e10)
-    with shaped_for(cluster, 5.0, prefix="teq") as testbed:
-        result = run_plan(
-            testbed, folder, requests, time_scale=5.0, host=host, warmup=1, timeout_s=20,
-            deadline_s=180, port=29631,
-        )  # fmt: skip
-    assert result.request_ids == list(requests)
+    requests, result = _run_eager_check(model, cluster, folder, (7, 3, 12, 40, 5), "teq", 29631)
     assert result.time_scale == 5.0
     assert [r["device"] for r in result.ranks] == ["alpha", "bravo", "carol"]
     assert all(r["rows"] > 0 for r in result.ranks[1:])  # both members computed rows
+
+
+def _run_eager_check(model, cluster, folder, ids, prefix, port):  # type: ignore[no-untyped-def]
+    """Run the plan folder over a testbed at time scale 5 on random requests ``ids``; the
+    outputs by request id equal eager's. Returns the requests and the result."""
+    generator = torch.Generator().manual_seed(port)
+    requests = {rid: (torch.randn(4, 64, generator=generator),) for rid in ids}
+    host = Device("host", dense_flops_per_s=2e10, memory_bandwidth_bytes_per_s=1e10)
+    with shaped_for(cluster, 5.0, prefix=prefix) as testbed:
+        result = run_plan(
+            testbed, folder, requests, time_scale=5.0, host=host, warmup=1, timeout_s=20,
+            deadline_s=180, port=port,
+        )  # fmt: skip
+    assert result.request_ids == list(requests)
     with torch.no_grad():
         for rid, output in zip(result.request_ids, result.outputs):
             torch.testing.assert_close(output, model(*requests[rid]), atol=1e-5, rtol=1e-4)
+    return requests, result
 
 
 @needs_namespaces
@@ -173,18 +180,7 @@ def test_results_computed_on_the_sink_reach_rank_0_after_the_run_not_over_the_li
     compiled = dora_fx.compile(model, cluster, example_inputs=example, num_stages=2)
     assert [s.devices for s in compiled.plan.stages] == [("alpha",), ("bravo",)]
     folder = compiled.save(tmp_path / "mlp")
-    generator = torch.Generator().manual_seed(5)
-    requests = {rid: (torch.randn(4, 64, generator=generator),) for rid in (4, 9, 1, 30)}
-    host = Device("host", dense_flops_per_s=2e10, memory_bandwidth_bytes_per_s=1e10)
-    with shaped_for(cluster, 5.0, prefix="tsink") as testbed:
-        result = run_plan(
-            testbed, folder, requests, time_scale=5.0, host=host, warmup=1, timeout_s=20,
-            deadline_s=180, port=29661,
-        )  # fmt: skip
-    assert result.request_ids == list(requests)
-    with torch.no_grad():
-        for rid, output in zip(result.request_ids, result.outputs):
-            torch.testing.assert_close(output, model(*requests[rid]), atol=1e-5, rtol=1e-4)
+    requests, result = _run_eager_check(model, cluster, folder, (4, 9, 1, 30), "tsink", 29661)
     # the plan's return is free (computed on the sink): only the notice crossed, at once
     simulated = compiled.simulate(SimConfig(requests=len(requests), concurrency=2))
     returns = [a for a in result.action_report(simulated) if a.action == "return"]
