@@ -56,6 +56,7 @@ __all__ = [
     "evaluate_training",
     "in_flight_count",
     "loss_s",
+    "optimizer_step_s",
     "splits_evenly",
     "train_work",
     "without_sink",
@@ -161,7 +162,6 @@ def train_work(plan: Plan, problem: Problem, microbatches: int) -> TrainWork:
     stage of ``plan`` (see the module docstring)."""
     fwd = plan_work(plan, without_sink(problem), microbatches, sink=None)
     blocks = problem.blocks
-    network = problem.cluster.network
     m = microbatches
     sums = problem_sums(problem)
     stages = []
@@ -176,25 +176,25 @@ def train_work(plan: Plan, problem: Problem, microbatches: int) -> TrainWork:
         params = sums.span("params", stage.block_start, stage.block_stop)
         ops = sum(b.backward_kernels for b in part)
         fixed = min(params, b_bytes)
-        backward, saved = [], []
+        optimizer, tensors = training_spec(problem).optimizer, sum(b.grad_tensors for b in part)
+        backward, saved, optimizer_s = [], [], 0.0
         for name, share in zip(stage.devices, stage.shares, strict=True):
-            f = share / m
+            device, f = problem.cluster.device(name), share / m
             seconds = 0.0
             if b_flops > 0 or b_bytes > 0:
                 dense_b = None
                 if b_dense_bytes is not None:
                     dense_fixed = min(params, b_dense_bytes)
                     dense_b = dense_fixed + f * (b_dense_bytes - dense_fixed)
-                seconds = problem.cluster.device(name).block_time_s(
+                seconds = device.block_time_s(
                     f * b_flops, f * b_dense, fixed + f * (b_bytes - fixed), ops, dense_b
                 )
             if stage.block_stop == len(blocks):  # the loss, before the last stage's backward
-                seconds += loss_s(problem.cluster.device(name), f, blocks[-1].out_bytes)
+                seconds += loss_s(device, f, blocks[-1].out_bytes)
             backward.append(seconds)
             saved.append(f * acts)
-        allreduce = ring_allreduce_s(network, stage.devices, grads)
-        tensors = sum(b.grad_tensors for b in part)
-        optimizer_s = max(_optimizer_s(problem, name, grads, tensors) for name in stage.devices)
+            optimizer_s = max(optimizer_s, optimizer_step_s(device, optimizer, grads, tensors))
+        allreduce = ring_allreduce_s(problem.cluster.network, stage.devices, grads)
         stages.append(
             TrainStageWork(
                 stage.index, stage.devices, work.compute_s, tuple(backward), tuple(saved),
@@ -211,13 +211,13 @@ def loss_s(device: Device, share: float, output_bytes: float) -> float:
     return device.block_time_s(flops, 0.0, moved, kernels) if kernels else 0.0
 
 
-def _optimizer_s(problem: Problem, device: str, grad_bytes: float, tensors: int) -> float:
-    """One optimizer step over a stage's trainable weights on ``device``
-    (``train_costs.optimizer_step_costs``, priced by the roofline of its totals)."""
+def optimizer_step_s(device: Device, optimizer: str, grad_bytes: float, tensors: int) -> float:
+    """One optimizer step over ``grad_bytes`` of trainable weights in ``tensors`` tensors on
+    ``device`` (``train_costs.optimizer_step_costs``, priced by the roofline of its totals)."""
     if grad_bytes <= 0:
         return 0.0
-    flops, moved, kernels = optimizer_step_costs(training_spec(problem).optimizer, grad_bytes, tensors)
-    return problem.cluster.device(device).block_time_s(flops, 0.0, moved, kernels)
+    flops, moved, kernels = optimizer_step_costs(optimizer, grad_bytes, tensors)
+    return device.block_time_s(flops, 0.0, moved, kernels)
 
 
 def _backward_dense_bytes(blocks: Sequence[Block]) -> float | None:

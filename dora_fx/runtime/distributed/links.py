@@ -187,7 +187,8 @@ class Links:
             sending.shaped = True
             return sending
         payload = tensor.detach().to("cpu", copy=False).contiguous()
-        deferred = may_defer and self._stands_in(dst, src_device, dst_device) and chunk[1] == 1
+        stands_in = self._real_leg(dst, src_device, dst_device) is False
+        deferred = may_defer and stands_in and chunk[1] == 1
         head = header(NOTICE if deferred else DATA, item, tag, payload, batch, chunk, shape)
         nbytes = payload.numel() * payload.element_size()
         self.bytes_sent += nbytes
@@ -215,11 +216,13 @@ class Links:
         self._reap()
         return sending
 
-    def _stands_in(self, dst: int, src_device: str, dst_device: str) -> bool:
-        """A message between two ranks' hosts over real links whose planned way is another
-        (rank ``dst`` stands in for the device it goes to)."""
-        physical = (self.me.device, self.table[dst].device)
-        return self.kernel_network and dst != self.me.rank and (src_device, dst_device) != physical
+    def _real_leg(self, dst: int, src_device: str, dst_device: str) -> bool | None:
+        """Over real links (``kernel_network``) to another rank: whether the message's planned
+        way is the one between the two ranks' hosts (False: ``dst`` stands in for the device it
+        goes to); None otherwise."""
+        if not self.kernel_network or dst == self.me.rank:
+            return None
+        return (src_device, dst_device) == (self.me.device, self.table[dst].device)
 
     def late_payload(self, src: int, tag: int, item: int) -> torch.Tensor:
         """The payload of a ``late`` piece, once its sender closed (``close`` joined it)."""
@@ -232,12 +235,7 @@ class Links:
     def _shaper_for(self, dst: int, src_device: str, dst_device: str) -> LinkShaper | None:
         """What paces a message: the shaper, except under ``kernel_network`` for one that
         travels between this rank's host and another rank's, whose link the kernel shapes."""
-        if (
-            self.kernel_network and dst != self.me.rank
-            and (src_device, dst_device) == (self.me.device, self.table[dst].device)
-        ):  # fmt: skip
-            return None
-        return self.shaper
+        return None if self._real_leg(dst, src_device, dst_device) else self.shaper
 
     def sent(self, sendings: Sequence[Sending]) -> None:
         """Block until every message of ``sendings`` has left this rank."""

@@ -34,10 +34,10 @@ from typing import Any
 
 import torch
 
+from ...analysis.training import optimizer_step_s
 from ...artifact.manifest import PlanFolder
 from ...cost_models.cluster import Cluster
 from ...cost_models.device import Device
-from ...cost_models.train_costs import optimizer_step_costs
 from ..compute_emulation import ComputeStretch, CpuSamples, sleep_until
 from .config import RunConfig
 from .emulation import start_emulation
@@ -123,7 +123,7 @@ def emulate_training(
     samples.append(cpu_s)
     assert folder.cluster is not None  # start_emulation refuses a plan without one
     device = Cluster.from_json(folder.cluster).device(me.device)
-    optimizer_s = optimizer_step_s(device, optimizer_kind(config.optimizer), module)
+    optimizer_s = _module_optimizer_s(device, optimizer_kind(config.optimizer), module)
     return StepEmulation(emulation.time_scale, emulation.device_item_s, samples, optimizer_s)
 
 
@@ -136,12 +136,9 @@ def optimizer_kind(recipe: dict[str, Any]) -> str:
     return name if name in ("adam", "adamw") else "adamw"
 
 
-def optimizer_step_s(device: Device, kind: str, module: torch.nn.Module) -> float:
+def _module_optimizer_s(device: Device, kind: str, module: torch.nn.Module) -> float:
     """One optimizer step over ``module``'s trainable parameters on ``device``, priced as the
-    planner prices it (``analysis.training``)."""
+    planner prices a stage's (``analysis.training.optimizer_step_s``)."""
     params = [p for p in module.parameters() if p.requires_grad]
     trainable = float(sum(p.numel() * p.element_size() for p in params))
-    if trainable <= 0:
-        return 0.0
-    flops, moved, kernels = optimizer_step_costs(kind, trainable, len(params))
-    return device.block_time_s(flops, 0.0, moved, kernels)
+    return optimizer_step_s(device, kind, trainable, len(params))
